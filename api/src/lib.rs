@@ -1,0 +1,3 @@
+//! cellmesh's schemas, one source of truth: the cell's service spec (µBench's workmodel
+//! format, camelCase with µBench's snake_case keys accepted) and, later, the CRD types.
+//! This crate does no I/O.

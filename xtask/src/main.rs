@@ -1,0 +1,73 @@
+//! `cargo xtask …`: the project's own commands, written in Rust so they run the same on
+//! every machine. `cargo xtask ci` is what `.ci/run` and the README's test command run.
+
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "cellmesh's development commands",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything CI runs: install test dependencies, check formatting, clippy, generated
+    /// files, then every test tier.
+    Ci,
+    /// Install what the tests need (Prometheus, wrk, the Helm SDK venv). Idempotent.
+    Setup,
+    /// Formatting and clippy (`-D warnings`) over the whole workspace.
+    Lint,
+    /// Run the tests with cargo-nextest (all tiers unless filtered).
+    Test {
+        /// Extra arguments for `cargo nextest run`, e.g. a filter expression.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Ci => {
+            setup::install_test_dependencies()?;
+            lint()?;
+            test(&[])
+        }
+        Command::Setup => setup::install_test_dependencies(),
+        Command::Lint => lint(),
+        Command::Test { args } => test(&args),
+    }
+}
+
+fn lint() -> Result<()> {
+    util::step("cargo fmt --check");
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::step("cargo clippy -D warnings");
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    util::step("cargo nextest run (unit, component and end-to-end tiers)");
+    setup::ensure_nextest()?;
+    let mut args: Vec<&str> = vec!["nextest", "run", "--workspace", "--locked"];
+    args.extend(extra.iter().map(String::as_str));
+    util::cargo_with_env(&args, &setup::test_environment()?)
+}
