@@ -345,8 +345,13 @@ fn connections_closed_by_the_server_are_reopened_without_errors() {
     let report = run(&plan(&server.url(), &["-c", "2", "-d", "300ms"]));
     let served = server.requests();
     assert!(served > 2, "{report:?}");
-    // One connection per request: the client reconnected every time.
-    assert_eq!(server.connections.load(Ordering::SeqCst), served);
+    // One connection per request: the client reconnected every time. Each of the two
+    // connection tasks may also have opened a last one just as the window closed.
+    let connections = server.connections.load(Ordering::SeqCst);
+    assert!(
+        (served..=served + 2).contains(&connections),
+        "{connections} connections for {served} requests"
+    );
     assert_eq!(report.requests, served);
     assert_eq!(report.error_total, 0, "{report:?}");
 }
