@@ -1,6 +1,10 @@
 //! `cargo xtask …`: the project's own commands, written in Rust so they run the same on
 //! every machine. `cargo xtask ci` is what `.ci/run` and the README's test command run.
 
+mod bench;
+mod bench_parse;
+mod bench_procs;
+mod demo;
 mod setup;
 mod util;
 
@@ -33,6 +37,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (release builds; not run in CI). `bench cell`: the cell vs a bare hyper
+    /// server vs µBench's figures, measured with cellmesh-load and wrk.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Interim main job: start µBench's three-service parallel mesh as cells on 127.0.0.x,
+    /// load it with cellmesh-load for ~10 s, print the report, stop everything.
+    Demo(demo::Demo),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +57,8 @@ fn main() -> Result<()> {
         Command::Setup => setup::install_test_dependencies(),
         Command::Lint => lint(),
         Command::Test { args } => test(&args),
+        Command::Bench(command) => bench::run(command),
+        Command::Demo(args) => demo::run(&args),
     }
 }
 

@@ -1,0 +1,159 @@
+//! `cargo xtask demo`: the interim main job, until `cellmesh-local up` exists.
+//!
+//! Starts µBench's three-service parallel mesh (s0 calls s1 and s2 in parallel) as cell
+//! processes on their own loopback addresses (127.0.0.21–23, like pods), wired with
+//! `--resolve`, waits until each is ready, drives s0 with cellmesh-load, prints the report
+//! and what was running, and stops everything (also on error or Ctrl-C).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::bench_procs::{self, Servers};
+use crate::util::{step, workspace_root};
+
+const WORKMODEL: &str = "workmodel-parallel-3services.json";
+/// Leaves first, so s0's downstreams exist when it starts.
+const SERVICES: [(&str, u8); 3] = [("s1", 22), ("s2", 23), ("s0", 21)];
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Args)]
+pub struct Demo {
+    /// Seconds of load on s0.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Seconds of warm-up load before the measured part.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Closed-loop connections of cellmesh-load.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Workmodel to run [default: examples/mubench/workmodel-parallel-3services.json].
+    #[arg(long)]
+    pub workmodel: Option<PathBuf>,
+}
+
+/// The workmodel: the repository's copy, else the shared µBench files beside the repository.
+fn default_workmodel() -> Result<PathBuf> {
+    let root = workspace_root();
+    let candidates = [
+        root.join("examples/mubench").join(WORKMODEL),
+        root.join("../shared/mubench").join(WORKMODEL),
+    ];
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .with_context(|| {
+            format!("{WORKMODEL} not found in examples/mubench/ or ../shared/mubench/")
+        })
+}
+
+struct Running {
+    name: &'static str,
+    pid: u32,
+    rest: SocketAddr,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+}
+
+pub fn run(args: &Demo) -> Result<()> {
+    if args.duration == 0 || args.connections == 0 {
+        bail!("--duration and --connections must be at least 1");
+    }
+    bench_procs::install_interrupt_handler()?;
+    let workmodel = match &args.workmodel {
+        Some(path) => path.clone(),
+        None => default_workmodel()?,
+    };
+    let binaries = bench_procs::build_release(false)?;
+    let log_dir = bench_procs::target_dir()?.join("demo-logs");
+
+    step(&format!("starting the mesh from {}", workmodel.display()));
+    // Every address first, so each cell can be told where all the others are.
+    let mut planned = Vec::new();
+    for (name, octet) in SERVICES {
+        let ip = Ipv4Addr::new(127, 0, 0, octet);
+        planned.push((
+            name,
+            bench_procs::free_addr(ip)?,
+            bench_procs::free_addr(ip)?,
+            bench_procs::free_addr(ip)?,
+        ));
+    }
+    let resolve: Vec<String> = planned
+        .iter()
+        .map(|(name, rest, _, _)| format!("{name}={rest}"))
+        .collect();
+    let mut servers = Servers::new(&log_dir)?;
+    let mut running = Vec::new();
+    for (name, rest, grpc, admin) in planned {
+        eprintln!("  {name}: starting on http://{rest} …");
+        let mut command = Command::new(&binaries.cell);
+        command
+            .arg("--workmodel")
+            .arg(&workmodel)
+            .args(["--service", name])
+            .arg("--listen")
+            .arg(rest.to_string())
+            .arg("--grpc-listen")
+            .arg(grpc.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string());
+        for entry in &resolve {
+            command.arg("--resolve").arg(entry);
+        }
+        let pid = servers.start(name, &mut command)?;
+        servers.wait_ready(name, admin, "/ready", READY_TIMEOUT)?;
+        eprintln!("  {name}: ready (pid {pid})");
+        running.push(Running {
+            name,
+            pid,
+            rest,
+            grpc,
+            admin,
+        });
+    }
+
+    step("running");
+    println!(
+        "{:<4} {:>8}  {:<28} {:<22} {:<22}",
+        "svc", "pid", "REST", "gRPC", "admin"
+    );
+    for r in &running {
+        println!(
+            "{:<4} {:>8}  {:<28} {:<22} {:<22}",
+            r.name,
+            r.pid,
+            format!("http://{}/api/v1", r.rest),
+            r.grpc.to_string(),
+            format!("http://{}", r.admin),
+        );
+    }
+    println!("logs: {}", log_dir.display());
+
+    let entry = running
+        .iter()
+        .find(|r| r.name == "s0")
+        .context("s0 is not running")?;
+    step(&format!(
+        "cellmesh-load: {} connections, {} s (after {} s warm-up) on s0",
+        args.connections, args.duration, args.warmup
+    ));
+    bench_procs::run_inherited(
+        Command::new(&binaries.load)
+            .arg(format!("http://{}/api/v1", entry.rest))
+            .args(["-c", &args.connections.to_string()])
+            .args(["-d", &format!("{}s", args.duration)])
+            .args(["-w", &format!("{}s", args.warmup)]),
+    )?;
+
+    step("stopping the mesh");
+    servers.stop();
+    eprintln!("all cells stopped");
+    Ok(())
+}
