@@ -265,7 +265,7 @@ fn applying_subject<'a>(
 fn subject_applies(user: &UserInfo, s: &Subject, namespace: &str) -> bool {
     match s.kind.as_str() {
         "User" => user.name == s.name,
-        "Group" => user.groups.iter().any(|g| *g == s.name),
+        "Group" => user.groups.contains(&s.name),
         "ServiceAccount" => {
             let ns = s
                 .namespace
