@@ -383,7 +383,10 @@ mod tests {
     fn aggregate_joins_and_dedups() {
         let a = FieldError::required("a", "");
         let b = FieldError::required("b", "");
-        assert_eq!(aggregate_message(std::slice::from_ref(&a)), "a: Required value");
+        assert_eq!(
+            aggregate_message(std::slice::from_ref(&a)),
+            "a: Required value"
+        );
         assert_eq!(
             aggregate_message(&[a.clone(), b, a]),
             "[a: Required value, b: Required value]"
