@@ -1,0 +1,22 @@
+//! Kubernetes API machinery as pure functions on `serde_json::Value`: what an API server
+//! needs to behave like kube-apiserver, with Kubernetes' exact error wording. No I/O, no
+//! async; every function is deterministic given its inputs (the caller supplies the
+//! time where one is recorded).
+//!
+//! * [`status`] — `metav1.Status` error bodies (NotFound, AlreadyExists, Conflict, Invalid …).
+//! * [`field`] — field-level validation errors (`spec.x: Invalid value: …`).
+//! * [`selector`] — label and field selectors (parse, print, match; `metav1.LabelSelector`).
+//! * [`patch`] — JSON patch, merge patch, strategic merge patch.
+//! * [`types`] — merge semantics of built-in kinds (from Kubernetes' OpenAPI) and CRD schemas.
+//! * [`ssa`] — server-side apply with `managedFields`, conflicts and field removal.
+//! * [`schema`] — CRD structural schema: validation, defaulting, pruning, CEL rules.
+//! * [`rbac`] — RBAC authorization, bootstrap roles, forbidden messages, access reviews.
+
+pub mod field;
+pub mod patch;
+pub mod rbac;
+pub mod schema;
+pub mod selector;
+pub mod ssa;
+pub mod status;
+pub mod types;
