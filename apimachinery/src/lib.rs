@@ -11,6 +11,16 @@
 //! * [`ssa`] — server-side apply with `managedFields`, conflicts and field removal.
 //! * [`schema`] — CRD structural schema: validation, defaulting, pruning, CEL rules.
 //! * [`rbac`] — RBAC authorization, bootstrap roles, forbidden messages, access reviews.
+//!
+//! How an API server uses it, per request: authorize with [`rbac::authorize`] (deny →
+//! [`rbac::forbidden`]); parse `labelSelector`/`fieldSelector` with
+//! [`selector::LabelSelector::parse`] / [`selector::FieldSelector::parse`] and match
+//! objects ([`selector::object_fields`]); for PATCH pick [`patch::PatchType`] from the
+//! content type — JSON/merge/strategic via [`patch`] (strategic only when
+//! [`types::supports_strategic_merge`], else [`status::unsupported_patch_type`]), apply via
+//! [`ssa::apply`]; record ownership of every other write with [`ssa::update`]; for custom
+//! resources run [`schema::CrdSchema::admit`] and answer errors with [`status::invalid`].
+//! Every error converts to a `metav1.Status` through [`status::ApiError`].
 
 pub mod field;
 pub mod patch;
