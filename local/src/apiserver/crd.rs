@@ -154,7 +154,7 @@ fn validate_definition(crd: &Value) -> Result<(), ApiError> {
         errors.push(FieldError::invalid(
             "metadata.name",
             &json!(name),
-            &format!("must be spec.names.plural+\".\"+spec.group"),
+            "must be spec.names.plural+\".\"+spec.group",
         ));
     }
     match spec.get("scope").and_then(Value::as_str) {
@@ -330,6 +330,23 @@ pub fn after_commit(state: &AppState, info: &ResourceInfo, committed: &Committed
             .registry
             .set_custom(&name, resources_of(&committed.object));
     }
+}
+
+/// The `openAPIV3Schema` of a custom resource's version, from its CRD.
+pub fn schema_of(state: &AppState, info: &ResourceInfo) -> Option<Value> {
+    if !info.custom {
+        return None;
+    }
+    let crd = state.store.get(
+        CRD_STORAGE_KEY,
+        &format!("{}.{}", info.resource, info.group),
+    )?;
+    crd.pointer("/spec/versions")?
+        .as_array()?
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(info.version.as_str()))?
+        .pointer("/schema/openAPIV3Schema")
+        .cloned()
 }
 
 /// Registers every stored CRD (at start).

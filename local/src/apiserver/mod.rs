@@ -12,6 +12,7 @@ mod discovery;
 pub mod error;
 mod machinery;
 mod objects;
+mod openapi;
 mod path;
 pub mod pki;
 mod registry;
@@ -230,10 +231,10 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
     if !accepts_json(&accept) {
         tracing::warn!(%path, %accept, "client does not accept JSON; answering JSON anyway");
     }
-    if parts.method == Method::GET {
-        if let Some(response) = discovery_response(state, &path, &accept) {
-            return response;
-        }
+    if parts.method == Method::GET
+        && let Some(response) = discovery_response(state, &path, &accept)
+    {
+        return response;
     }
     let Some(target) = path::parse(&path) else {
         tracing::warn!(method = %parts.method, %path, %accept, "unhandled request: no such path");
@@ -300,6 +301,26 @@ fn discovery_response(
             Some(body) => rest::json_response(StatusCode::OK, &body),
             None => return Some(Err(ApiError::no_route())),
         },
+        ["openapi", "v3"] => rest::json_response(
+            StatusCode::OK,
+            &openapi::root(&state.registry, &|info| crd::schema_of(state, info)),
+        ),
+        ["openapi", "v3", "api", version] | ["openapi", "v3", "apis", _, version] => {
+            let group = parts
+                .get(3)
+                .filter(|_| parts[2] == "apis")
+                .copied()
+                .unwrap_or("");
+            if !state.registry.serves_group_version(group, version) {
+                return Some(Err(ApiError::no_route()));
+            }
+            rest::json_response(
+                StatusCode::OK,
+                &openapi::group_version(&state.registry, group, version, &|info| {
+                    crd::schema_of(state, info)
+                }),
+            )
+        }
         ["apis", group, version] => {
             if !state.registry.serves_group_version(group, version) {
                 return Some(Err(ApiError::no_route()));

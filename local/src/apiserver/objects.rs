@@ -211,10 +211,10 @@ pub fn prepare_create(
     } else {
         meta.remove("generation");
     }
-    if info.has_subresource("status") {
-        if let Some(map) = object.as_object_mut() {
-            map.remove("status");
-        }
+    if info.has_subresource("status")
+        && let Some(map) = object.as_object_mut()
+    {
+        map.remove("status");
     }
     defaults::apply(info, &mut object, &stamp.now);
     Ok(object)

@@ -498,6 +498,9 @@ async fn patch(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
     Ok(respond_object(req, info, StatusCode::OK, &committed.object))
 }
 
+/// Produces the desired Scale from the current one.
+type ScaleEdit = Box<dyn FnOnce(&Value) -> Result<Value, ApiError> + Send>;
+
 /// The `autoscaling/v1` Scale of a Deployment/ReplicaSet (or custom resource).
 fn scale_of(info: &ResourceInfo, object: &Value) -> Value {
     let Some(paths) = &info.scale else {
@@ -608,7 +611,7 @@ fn set_replicas(info: &ResourceInfo, old: &Value, scale: &Value) -> Result<Value
 async fn scale_with(
     req: &Request<'_>,
     info: &ResourceInfo,
-    make_scale: Box<dyn FnOnce(&Value) -> Result<Value, ApiError> + Send>,
+    make_scale: ScaleEdit,
 ) -> Result<Response, ApiError> {
     let name = req.target.name.clone().unwrap_or_default();
     let key = key_of(info, req.target.namespace.as_deref(), &name);

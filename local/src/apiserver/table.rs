@@ -496,8 +496,16 @@ pub fn render(
         kind: "string",
         ..col("Name", 0)
     }];
-    let cells_of: Box<dyn Fn(&Value) -> Vec<Value>>;
-    if info.custom && !printer_columns.is_empty() {
+    if info.custom {
+        // A CRD prints exactly its printer columns; without any, apiextensions defaults
+        // them to one `Age` column.
+        let default_age =
+            [json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})];
+        let printer_columns = if printer_columns.is_empty() {
+            &default_age[..]
+        } else {
+            printer_columns
+        };
         let custom: Vec<Column> = printer_columns
             .iter()
             .map(|c| Column {
@@ -514,7 +522,7 @@ pub fn render(
             })
             .collect();
         columns.extend(custom.iter().cloned());
-        cells_of = Box::new(move |o: &Value| {
+        let cells_of = move |o: &Value| -> Vec<Value> {
             custom
                 .iter()
                 .map(|c| {
@@ -530,16 +538,13 @@ pub fn render(
                     }
                 })
                 .collect()
-        });
-        columns.push(col("Age", 0));
-        let cells_of_custom = cells_of;
+        };
         return table(
             columns,
             objects,
             |o| {
                 let mut cells = vec![json!(name(o))];
-                cells.extend(cells_of_custom(o));
-                cells.push(json!(age(o, now)));
+                cells.extend(cells_of(o));
                 cells
             },
             resource_version,
@@ -789,10 +794,9 @@ mod tests {
         ];
         let object = json!({"metadata": {"name": "x"}, "spec": {"replicas": 3}, "status": {"conditions": [{"type": "Ready"}]}});
         let table = render(&info, &columns, &[&object], "1", None, Some("Object"));
-        assert_eq!(
-            table["rows"][0]["cells"],
-            json!(["x", 3, "Ready", "<unknown>"])
-        );
+        assert_eq!(table["rows"][0]["cells"], json!(["x", 3, "Ready"]));
+        let plain = render(&info, &[], &[&object], "1", None, None);
+        assert_eq!(plain["columnDefinitions"][1]["name"], "Age");
         assert_eq!(table["columnDefinitions"][2]["priority"], 1);
         assert_eq!(table["rows"][0]["object"]["spec"]["replicas"], 3);
     }

@@ -265,11 +265,21 @@ fn set_resource_version(object: &mut Value, rv: u64) {
     }
 }
 
-/// A decided change waiting for the batch's commit.
+/// One object changed by a batch.
+struct Change {
+    resource: Arc<str>,
+    key: String,
+    /// The new object (for deletes: its final state).
+    value: Arc<Value>,
+    kind: EventType,
+    rv: u64,
+}
+
+/// A decided write waiting for the batch's commit.
 struct Pending {
     reply: oneshot::Sender<Result<Committed, ApiError>>,
     result: Result<Committed, ApiError>,
-    change: Option<(Arc<str>, String, Option<Arc<Value>>, EventType, u64)>,
+    change: Option<Change>,
     previous: Option<Arc<Value>>,
 }
 
@@ -332,7 +342,13 @@ fn writer_loop(mut db: Database, shared: &Shared, queue: &std::sync::mpsc::Recei
                             changed: true,
                             deleted: false,
                         }),
-                        Some((slot.0, slot.1, Some(value), kind, rv)),
+                        Some(Change {
+                            resource: slot.0,
+                            key: slot.1,
+                            value,
+                            kind,
+                            rv,
+                        }),
                     )
                 }
                 Ok(Outcome::Delete(mut value)) => {
@@ -346,7 +362,13 @@ fn writer_loop(mut db: Database, shared: &Shared, queue: &std::sync::mpsc::Recei
                             changed: true,
                             deleted: true,
                         }),
-                        Some((slot.0, slot.1, Some(value), EventType::Deleted, rv)),
+                        Some(Change {
+                            resource: slot.0,
+                            key: slot.1,
+                            value,
+                            kind: EventType::Deleted,
+                            rv,
+                        }),
                     )
                 }
             };
@@ -362,17 +384,18 @@ fn writer_loop(mut db: Database, shared: &Shared, queue: &std::sync::mpsc::Recei
             let rows: Vec<RowChange<'_>> = pending
                 .iter()
                 .filter_map(|p| p.change.as_ref())
-                .map(
-                    |(resource, key, value, kind, version)| match (kind, value) {
-                        (EventType::Deleted, _) | (_, None) => RowChange::Delete { resource, key },
-                        (_, Some(value)) => RowChange::Put {
-                            resource,
-                            key,
-                            rv: *version,
-                            value,
-                        },
+                .map(|c| match c.kind {
+                    EventType::Deleted => RowChange::Delete {
+                        resource: &c.resource,
+                        key: &c.key,
                     },
-                )
+                    EventType::Added | EventType::Modified => RowChange::Put {
+                        resource: &c.resource,
+                        key: &c.key,
+                        rv: c.rv,
+                        value: &c.value,
+                    },
+                })
                 .collect();
             if let Err(err) = db.commit(&rows, rv) {
                 tracing::error!(error = %err, "storage commit failed; the batch is rejected");
@@ -398,14 +421,14 @@ fn publish(shared: &Shared, pending: &[Pending], rv: u64) {
     {
         let mut cache = shared.cache.write().unwrap_or_else(|e| e.into_inner());
         for p in pending {
-            if let Some((resource, key, value, kind, _)) = &p.change {
-                let objects = cache.objects.entry(Arc::clone(resource)).or_default();
-                match (kind, value) {
-                    (EventType::Deleted, _) | (_, None) => {
-                        objects.remove(key);
+            if let Some(c) = &p.change {
+                let objects = cache.objects.entry(Arc::clone(&c.resource)).or_default();
+                match c.kind {
+                    EventType::Deleted => {
+                        objects.remove(&c.key);
                     }
-                    (_, Some(value)) => {
-                        objects.insert(key.clone(), Arc::clone(value));
+                    EventType::Added | EventType::Modified => {
+                        objects.insert(c.key.clone(), Arc::clone(&c.value));
                     }
                 }
             }
@@ -415,12 +438,12 @@ fn publish(shared: &Shared, pending: &[Pending], rv: u64) {
     {
         let mut log = shared.log.lock().unwrap_or_else(|e| e.into_inner());
         for p in pending {
-            if let Some((resource, _, Some(value), kind, version)) = &p.change {
+            if let Some(c) = &p.change {
                 log.push(Event {
-                    rv: *version,
-                    resource: Arc::clone(resource),
-                    kind: *kind,
-                    object: Arc::clone(value),
+                    rv: c.rv,
+                    resource: Arc::clone(&c.resource),
+                    kind: c.kind,
+                    object: Arc::clone(&c.value),
                     previous: p.previous.clone(),
                 });
             }
