@@ -1,5 +1,8 @@
 //! kube-rs (the client cellmesh's operator uses) against `cellmesh-local apiserver`.
 
+// Test helpers below panic on failure by design: that is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
