@@ -491,3 +491,95 @@ fn state_and_versions_survive_a_restart() {
         "resourceVersion keeps increasing across restarts"
     );
 }
+
+#[test]
+fn selectors_patches_and_reapply() {
+    let server = Server::start();
+    server.kubectl_stdin(&["apply", "-f", "-"], Some(CONFIGMAP_AND_DEPLOYMENT));
+    let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other, labels: {app: db}}\n";
+    server.kubectl_stdin(&["apply", "-f", "-"], Some(other));
+    assert_eq!(
+        server
+            .kubectl(&["get", "cm", "-l", "app=web", "-o", "name"])
+            .trim(),
+        "configmap/settings"
+    );
+    assert_eq!(
+        server
+            .kubectl(&["get", "cm", "-l", "app notin (web)", "-o", "name"])
+            .trim(),
+        "configmap/other"
+    );
+    assert_eq!(
+        server
+            .kubectl(&[
+                "get",
+                "cm",
+                "--field-selector",
+                "metadata.name=other",
+                "-o",
+                "name"
+            ])
+            .trim(),
+        "configmap/other"
+    );
+    let bad = server.kubectl_fails(&["get", "cm", "--field-selector", "spec.bogus=1"], None);
+    assert!(
+        bad.contains("field label not supported: spec.bogus"),
+        "{bad}"
+    );
+
+    // Strategic merge (kubectl's default for built-ins): containers merge by name.
+    server.kubectl(&[
+        "patch", "deploy", "web", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:1.36"}]}}}}"#,
+    ]);
+    let images = server.kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[*].name}",
+    ]);
+    let mut names: Vec<&str> = images.split_whitespace().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cell", "sidecar"], "both containers kept");
+    server.kubectl(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"greeting":"hi"}}"#,
+    ]);
+    server.kubectl(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/extra","value":"1"}]"#,
+    ]);
+    assert_eq!(
+        server.kubectl(&[
+            "get",
+            "cm",
+            "settings",
+            "-o",
+            "jsonpath={.data.greeting} {.data.extra}"
+        ]),
+        "hi 1"
+    );
+
+    // Client-side re-apply of a changed manifest sends a strategic merge patch.
+    let changed = CONFIGMAP_AND_DEPLOYMENT.replace("replicas: 2", "replicas: 4");
+    let applied = server.kubectl_stdin(&["apply", "-f", "-"], Some(&changed));
+    assert!(
+        applied.contains("deployment.apps/web configured"),
+        "{applied}"
+    );
+    assert_eq!(
+        server.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
+}

@@ -4,6 +4,8 @@
 //! `reason` and message wording Kubernetes uses, because clients (kubectl, client-go,
 //! kube-rs) print those messages and branch on the reasons.
 
+use std::borrow::Cow;
+
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -12,7 +14,7 @@ use serde_json::{Value, json};
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub code: u16,
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
     pub message: String,
     pub details: Option<Value>,
 }
@@ -38,7 +40,7 @@ impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            reason,
+            reason: Cow::Borrowed(reason),
             message: message.into(),
             details: None,
         }
@@ -194,6 +196,18 @@ impl ApiError {
             status["details"] = details.clone();
         }
         status
+    }
+}
+
+impl From<cellmesh_apimachinery::status::ApiError> for ApiError {
+    fn from(err: cellmesh_apimachinery::status::ApiError) -> Self {
+        let body = err.to_json();
+        Self {
+            code: err.code(),
+            reason: Cow::Owned(err.reason().to_owned()),
+            message: err.message().to_owned(),
+            details: body.get("details").cloned(),
+        }
     }
 }
 

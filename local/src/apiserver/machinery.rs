@@ -1,172 +1,162 @@
-//! The seam between the server and the API machinery it applies: selectors and patches.
-//!
-//! These semantics belong to the `cellmesh-apimachinery` crate (pure functions, built in
-//! parallel). Until it lands, this module offers the subset the server needs to be usable:
-//! `metadata.name`/`metadata.namespace` field selectors (what kubectl and kube-rs send to
-//! watch one object), JSON patch and JSON merge patch through the `json-patch` crate. Every
-//! other selector or patch type is refused with a clear 400/415 instead of being ignored.
+//! The seam between the server and `cellmesh-apimachinery`, which holds Kubernetes'
+//! semantics as pure functions: label/field selectors and patches are applied here with
+//! the resource's group and kind, and their errors become our [`ApiError`]s.
 
-use serde_json::Value;
+use cellmesh_apimachinery::patch as am_patch;
+use cellmesh_apimachinery::selector::{FieldSelector, LabelSelector, object_fields};
+use cellmesh_apimachinery::{status, types};
+use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::registry::ResourceInfo;
 
-/// A compiled label + field selector.
-#[derive(Debug, Clone, Default)]
+pub use am_patch::PatchType;
+
+/// A compiled label + field selector for one resource.
+#[derive(Debug, Clone)]
 pub struct Filter {
-    /// (field path, wanted value, equal?) terms, all of which must hold.
-    fields: Vec<(String, String, bool)>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    group: String,
+    kind: String,
 }
 
 impl Filter {
+    /// Parses the `labelSelector` and `fieldSelector` query values; field labels the kind
+    /// does not support are refused (400) as Kubernetes does.
     pub fn parse(
+        info: &ResourceInfo,
         label_selector: Option<&str>,
         field_selector: Option<&str>,
     ) -> Result<Self, ApiError> {
-        if let Some(labels) = label_selector.filter(|s| !s.trim().is_empty()) {
-            return Err(ApiError::bad_request(format!(
-                "unable to parse requirement: label selectors are not supported by this server yet (labelSelector={labels:?})"
-            )));
-        }
-        let mut fields = Vec::new();
-        for term in field_selector
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            let (path, value, equal) = if let Some((p, v)) = term.split_once("!=") {
-                (p, v, false)
-            } else if let Some((p, v)) = term.split_once("==") {
-                (p, v, true)
-            } else if let Some((p, v)) = term.split_once('=') {
-                (p, v, true)
-            } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid selector: '{term}'; can't understand '{term}'"
-                )));
-            };
-            let path = path.trim();
-            if !matches!(path, "metadata.name" | "metadata.namespace") {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {path}"
-                )));
-            }
-            fields.push((path.to_owned(), value.trim().to_owned(), equal));
-        }
-        Ok(Self { fields })
+        let labels = LabelSelector::parse(label_selector.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {}", e.0)))?;
+        let fields = FieldSelector::parse(field_selector.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.0))?;
+        let group = if info.custom {
+            String::new()
+        } else {
+            info.group.clone()
+        };
+        let supported = object_fields(&group, &info.kind, &json!({}), &[]);
+        fields
+            .check_supported(&|label| supported.contains_key(label))
+            .map_err(|e| ApiError::bad_request(e.0))?;
+        Ok(Self {
+            labels,
+            fields,
+            group,
+            kind: info.kind.clone(),
+        })
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        self.fields.iter().all(|(path, wanted, equal)| {
-            let field = path.trim_start_matches("metadata.");
-            let actual = object
-                .get("metadata")
-                .and_then(|m| m.get(field))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            (actual == wanted) == *equal
-        })
+        self.labels.matches_object(object)
+            && (self.fields.is_everything()
+                || self
+                    .fields
+                    .matches(&object_fields(&self.group, &self.kind, object, &[])))
     }
 }
 
-/// The patch types of `Content-Type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchType {
-    Json,
-    Merge,
-    StrategicMerge,
-    Apply,
-}
-
-impl PatchType {
-    pub fn from_content_type(content_type: &str) -> Option<Self> {
-        match content_type.split(';').next().unwrap_or("").trim() {
-            "application/json-patch+json" => Some(Self::Json),
-            "application/merge-patch+json" => Some(Self::Merge),
-            "application/strategic-merge-patch+json" => Some(Self::StrategicMerge),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(Self::Apply),
-            _ => None,
-        }
-    }
-}
-
-/// Applies a patch document to `current`, returning the patched object.
-pub fn apply_patch(kind: PatchType, current: &Value, patch: &[u8]) -> Result<Value, ApiError> {
-    match kind {
-        PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_slice(patch)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            let mut doc = current.clone();
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("the server rejected our request due to an error in our request: {e}"),
-                )
-            })?;
-            Ok(doc)
-        }
-        PatchType::Merge => {
-            let doc: Value = serde_json::from_slice(patch)
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            if !doc.is_object() {
-                return Err(ApiError::bad_request("a merge patch must be a JSON object"));
+/// Applies a JSON, merge or strategic merge patch to `current`. Server-side apply goes
+/// through [`super::rest`]'s apply path, not here.
+pub fn apply_patch(
+    info: &ResourceInfo,
+    kind: PatchType,
+    current: &Value,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    let result = match kind {
+        PatchType::Json => am_patch::json_patch(current, &patch),
+        PatchType::Merge => am_patch::merge_patch(current, &patch),
+        PatchType::StrategicMerge => {
+            let api_version = info.api_version();
+            let ty = (!info.custom)
+                .then(|| types::TypeRef::builtin(&api_version, &info.kind))
+                .flatten();
+            match ty {
+                Some(ty) => am_patch::strategic_merge_patch(current, &patch, ty),
+                None => return Err(status::unsupported_patch_type().into()),
             }
-            let mut result = current.clone();
-            json_patch::merge(&mut result, &doc);
-            Ok(result)
         }
-        PatchType::StrategicMerge | PatchType::Apply => {
-            Err(ApiError::unsupported_media_type(match kind {
-                PatchType::StrategicMerge => "application/strategic-merge-patch+json",
-                _ => "application/apply-patch+yaml",
-            }))
+        PatchType::Apply => {
+            return Err(ApiError::unsupported_media_type(
+                "application/apply-patch+yaml",
+            ));
         }
-    }
+    };
+    result.map_err(|e| e.to_api_error().into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::apiserver::registry::Registry;
 
-    #[test]
-    fn name_field_selectors_match() {
-        let filter = Filter::parse(None, Some("metadata.name=a")).unwrap();
-        assert!(filter.matches(&json!({"metadata": {"name": "a"}})));
-        assert!(!filter.matches(&json!({"metadata": {"name": "b"}})));
-        let not = Filter::parse(None, Some("metadata.namespace!=x")).unwrap();
-        assert!(not.matches(&json!({"metadata": {"namespace": "y"}})));
-        assert!(Filter::parse(None, None).unwrap().matches(&json!({})));
+    fn info(group: &str, resource: &str) -> ResourceInfo {
+        (*Registry::new().lookup(group, "v1", resource).unwrap()).clone()
     }
 
     #[test]
-    fn unsupported_selectors_are_refused_not_ignored() {
-        assert_eq!(Filter::parse(Some("app=web"), None).unwrap_err().code, 400);
+    fn label_and_field_selectors_match() {
+        let pods = info("", "pods");
+        let filter = Filter::parse(
+            &pods,
+            Some("app in (web),tier!=db"),
+            Some("status.phase=Running"),
+        )
+        .unwrap();
+        let pod = json!({"metadata": {"name": "p", "labels": {"app": "web"}}, "status": {"phase": "Running"}});
+        assert!(filter.matches(&pod));
+        let pending = json!({"metadata": {"name": "p", "labels": {"app": "web"}}, "status": {"phase": "Pending"}});
+        assert!(!filter.matches(&pending));
+        let by_name = Filter::parse(&pods, None, Some("metadata.name=p")).unwrap();
+        assert!(by_name.matches(&pod));
+    }
+
+    #[test]
+    fn bad_selectors_are_400s() {
+        let cms = info("", "configmaps");
         assert_eq!(
-            Filter::parse(None, Some("spec.bogus=1")).unwrap_err().code,
+            Filter::parse(&cms, Some("a in (b"), None).unwrap_err().code,
             400
+        );
+        let unsupported = Filter::parse(&cms, None, Some("status.phase=x")).unwrap_err();
+        assert_eq!(unsupported.code, 400);
+        assert!(
+            unsupported.message.contains("field label not supported"),
+            "{}",
+            unsupported.message
         );
     }
 
     #[test]
-    fn merge_and_json_patches() {
-        let current = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
+    fn patches_by_type() {
+        let deploy = info("apps", "deployments");
+        let current = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "1"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}}});
+        let smp = br#"{"spec":{"template":{"spec":{"containers":[{"name":"b","image":"z"}]}}}}"#;
+        let patched = apply_patch(&deploy, PatchType::StrategicMerge, &current, smp).unwrap();
+        let containers = &patched["spec"]["template"]["spec"]["containers"];
+        assert_eq!(
+            containers.as_array().unwrap().len(),
+            2,
+            "containers merge by name"
+        );
+        assert_eq!(containers[1]["image"], "z");
         let merged = apply_patch(
+            &deploy,
             PatchType::Merge,
             &current,
-            br#"{"metadata":{"labels":{"a":null,"c":"3"}}}"#,
+            br#"{"metadata":{"labels":{"a":null}}}"#,
         )
         .unwrap();
-        assert_eq!(merged["metadata"]["labels"], json!({"b": "2", "c": "3"}));
-        let patched = apply_patch(
-            PatchType::Json,
-            &current,
-            br#"[{"op":"replace","path":"/metadata/labels/a","value":"9"}]"#,
-        )
-        .unwrap();
-        assert_eq!(patched["metadata"]["labels"]["a"], "9");
+        assert!(merged["metadata"]["labels"].get("a").is_none());
         let bad = apply_patch(
+            &deploy,
             PatchType::Json,
             &current,
             br#"[{"op":"remove","path":"/nope"}]"#,
@@ -174,7 +164,15 @@ mod tests {
         .unwrap_err();
         assert_eq!(bad.code, 422);
         assert_eq!(
-            apply_patch(PatchType::StrategicMerge, &current, b"{}")
+            apply_patch(&deploy, PatchType::Json, &current, b"{oops")
+                .unwrap_err()
+                .code,
+            400
+        );
+        let mut custom = deploy.clone();
+        custom.custom = true;
+        assert_eq!(
+            apply_patch(&custom, PatchType::StrategicMerge, &current, b"{}")
                 .unwrap_err()
                 .code,
             415

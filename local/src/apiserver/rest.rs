@@ -266,6 +266,7 @@ fn list_kind(info: &ResourceInfo) -> String {
 
 fn list(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
     let filter = Filter::parse(
+        info,
         req.query.label_selector.as_deref(),
         req.query.field_selector.as_deref(),
     )?;
@@ -486,7 +487,7 @@ async fn patch(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
     let mutation: Mutation = Box::new(move |current| {
         let info = info_owned;
         let old = current.ok_or_else(|| ApiError::not_found(&info.group, &info.resource, &name))?;
-        let mut patched = apply_patch(patch_type, old, &body)?;
+        let mut patched = apply_patch(&info, patch_type, old, &body)?;
         crd::validate(&state, &info, &mut patched)?;
         let outcome = objects::prepare_update(&info, old, patched, subresource.as_deref())?;
         Ok(match outcome {
@@ -645,10 +646,11 @@ async fn patch_scale(req: &Request<'_>, info: &ResourceInfo) -> Result<Response,
         patch_type
     };
     let body = req.body.clone();
+    let scale_info = info.clone();
     scale_with(
         req,
         info,
-        Box::new(move |scale| apply_patch(patch_type, scale, &body)),
+        Box::new(move |scale| apply_patch(&scale_info, patch_type, scale, &body)),
     )
     .await
 }
@@ -694,6 +696,7 @@ async fn delete(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
 async fn delete_collection(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
     let opts = delete_options(req)?;
     let filter = Filter::parse(
+        info,
         req.query.label_selector.as_deref(),
         req.query.field_selector.as_deref(),
     )?;

@@ -73,6 +73,7 @@ fn start_of(query: &rest::Query, current: u64) -> Result<Start, ApiError> {
 
 pub fn serve(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
     let filter = Filter::parse(
+        info,
         req.query.label_selector.as_deref(),
         req.query.field_selector.as_deref(),
     )?;
