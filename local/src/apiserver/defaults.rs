@@ -1,0 +1,308 @@
+//! Defaulting of built-in kinds on create, as Kubernetes' defaulters and registry strategies
+//! do it, so objects read back look like a real cluster's (kubectl's columns, `-o yaml`
+//! diffs and controllers depend on these fields being present).
+
+use serde_json::{Map, Value, json};
+
+use super::registry::ResourceInfo;
+
+fn obj(value: &mut Value) -> Option<&mut Map<String, Value>> {
+    value.as_object_mut()
+}
+
+/// Inserts `default` at `key` when absent (or null).
+fn default_field(map: &mut Map<String, Value>, key: &str, default: Value) {
+    if map.get(key).is_none_or(Value::is_null) {
+        map.insert(key.to_owned(), default);
+    }
+}
+
+fn child<'a>(map: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+    default_field(map, key, json!({}));
+    map.get_mut(key).and_then(Value::as_object_mut)
+}
+
+/// Applies creation defaults for the kind of `info`.
+pub fn apply(info: &ResourceInfo, object: &mut Value, _now: &str) {
+    if info.custom {
+        return;
+    }
+    match (info.group.as_str(), info.resource.as_str()) {
+        ("", "namespaces") => namespace(object),
+        ("", "pods") => pod(object),
+        ("", "services") => service(object),
+        ("", "secrets") => {
+            if let Some(map) = obj(object) {
+                default_field(map, "type", json!("Opaque"));
+            }
+        }
+        ("apps", "deployments") => deployment(object),
+        ("apps", "replicasets") => replica_set(object),
+        _ => {}
+    }
+}
+
+fn namespace(object: &mut Value) {
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let Some(map) = obj(object) else { return };
+    if let Some(meta) = child(map, "metadata")
+        && let Some(labels) = child(meta, "labels")
+    {
+        labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+    }
+    if let Some(spec) = child(map, "spec") {
+        default_field(spec, "finalizers", json!(["kubernetes"]));
+    }
+    map.insert("status".into(), json!({"phase": "Active"}));
+}
+
+/// Defaults of a container (`containers`, `initContainers`).
+fn container(c: &mut Value) {
+    let Some(c) = obj(c) else { return };
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let tag = image.rsplit('/').next().unwrap_or("");
+    let pinned = image.contains('@') || tag.split_once(':').is_some_and(|(_, t)| t != "latest");
+    default_field(
+        c,
+        "imagePullPolicy",
+        json!(if pinned { "IfNotPresent" } else { "Always" }),
+    );
+    default_field(c, "terminationMessagePath", json!("/dev/termination-log"));
+    default_field(c, "terminationMessagePolicy", json!("File"));
+    default_field(c, "resources", json!({}));
+    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            default_field(port, "protocol", json!("TCP"));
+        }
+    }
+}
+
+/// Defaults of a PodSpec (pods and pod templates).
+fn pod_spec(spec: &mut Map<String, Value>) {
+    default_field(spec, "restartPolicy", json!("Always"));
+    default_field(spec, "terminationGracePeriodSeconds", json!(30));
+    default_field(spec, "dnsPolicy", json!("ClusterFirst"));
+    default_field(spec, "securityContext", json!({}));
+    default_field(spec, "schedulerName", json!("default-scheduler"));
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            containers.iter_mut().for_each(container);
+        }
+    }
+}
+
+/// The QoS class Kubernetes derives from the containers' requests and limits.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        if requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for resource in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(resource));
+            let request = requests.and_then(|r| r.get(resource)).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed && !containers.is_empty()) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+fn pod(object: &mut Value) {
+    let Some(map) = obj(object) else { return };
+    if let Some(spec) = child(map, "spec") {
+        pod_spec(spec);
+        let sa = spec
+            .get("serviceAccountName")
+            .or_else(|| spec.get("serviceAccount"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        spec.insert("serviceAccountName".into(), json!(sa));
+        spec.insert("serviceAccount".into(), json!(sa));
+        default_field(spec, "enableServiceLinks", json!(true));
+        default_field(spec, "priority", json!(0));
+        default_field(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    }
+    let qos = qos_class(map.get("spec").unwrap_or(&Value::Null));
+    map.insert(
+        "status".into(),
+        json!({"phase": "Pending", "qosClass": qos}),
+    );
+}
+
+/// A stable ClusterIP in 10.96.0.0/16 derived from the service's uid. The node agent
+/// (a later step) maps these onto loopback addresses.
+fn cluster_ip_for(uid: &str) -> String {
+    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let [a, b, ..] = hash.to_le_bytes();
+    format!("10.96.{}.{}", a, b.max(1))
+}
+
+fn service(object: &mut Value) {
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let Some(map) = obj(object) else { return };
+    if let Some(spec) = child(map, "spec") {
+        default_field(spec, "type", json!("ClusterIP"));
+        default_field(spec, "sessionAffinity", json!("None"));
+        let external_name = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
+        if !external_name {
+            default_field(spec, "clusterIP", json!(cluster_ip_for(&uid)));
+            let ip = spec.get("clusterIP").cloned().unwrap_or(Value::Null);
+            default_field(spec, "clusterIPs", json!([ip]));
+            default_field(spec, "ipFamilies", json!(["IPv4"]));
+            default_field(spec, "ipFamilyPolicy", json!("SingleStack"));
+            default_field(spec, "internalTrafficPolicy", json!("Cluster"));
+        }
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                default_field(port, "protocol", json!("TCP"));
+                if let Some(p) = port.get("port").cloned() {
+                    default_field(port, "targetPort", p);
+                }
+            }
+        }
+    }
+    map.insert("status".into(), json!({"loadBalancer": {}}));
+}
+
+fn template_defaults(spec: &mut Map<String, Value>) {
+    if let Some(template) = spec.get_mut("template").and_then(Value::as_object_mut)
+        && let Some(pod) = child(template, "spec")
+    {
+        pod_spec(pod);
+    }
+}
+
+fn deployment(object: &mut Value) {
+    let Some(map) = obj(object) else { return };
+    if let Some(spec) = child(map, "spec") {
+        default_field(spec, "replicas", json!(1));
+        default_field(
+            spec,
+            "strategy",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+        );
+        default_field(spec, "revisionHistoryLimit", json!(10));
+        default_field(spec, "progressDeadlineSeconds", json!(600));
+        template_defaults(spec);
+    }
+    map.insert("status".into(), json!({}));
+}
+
+fn replica_set(object: &mut Value) {
+    let Some(map) = obj(object) else { return };
+    if let Some(spec) = child(map, "spec") {
+        default_field(spec, "replicas", json!(1));
+        template_defaults(spec);
+    }
+    map.insert("status".into(), json!({"replicas": 0}));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::registry::Registry;
+
+    fn defaulted(group: &str, resource: &str, object: Value) -> Value {
+        let info = Registry::new().lookup(group, "v1", resource).unwrap();
+        let mut object = object;
+        apply(&info, &mut object, "t");
+        object
+    }
+
+    #[test]
+    fn pods_get_kubelet_facing_defaults_and_qos() {
+        let pod = defaulted(
+            "",
+            "pods",
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [
+                {"name": "c", "image": "nginx", "ports": [{"containerPort": 80}],
+                 "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}}),
+        );
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["serviceAccountName"], "default");
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
+        assert_eq!(pod["status"]["phase"], "Pending");
+        assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(
+            qos_class(&json!({"containers": [{"name": "c"}]})),
+            "BestEffort"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
+        assert_eq!(
+            qos_class(
+                &json!({"containers": [{"resources": {"requests": {"cpu": "1", "memory": "1"}, "limits": {"cpu": "2", "memory": "1"}}}]})
+            ),
+            "Burstable"
+        );
+    }
+
+    #[test]
+    fn services_get_type_ports_and_an_ip() {
+        let svc = defaulted(
+            "",
+            "services",
+            json!({"metadata": {"name": "s", "uid": "abc"}, "spec": {"ports": [{"port": 80}]}}),
+        );
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+        let ip = svc["spec"]["clusterIP"].as_str().unwrap();
+        assert!(ip.starts_with("10.96."));
+        assert_eq!(svc["spec"]["clusterIPs"][0], ip);
+    }
+
+    #[test]
+    fn deployments_and_namespaces() {
+        let d = defaulted(
+            "apps",
+            "deployments",
+            json!({"spec": {"template": {"spec": {"containers": []}}}}),
+        );
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+        assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+        let ns = defaulted("", "namespaces", json!({"metadata": {"name": "team"}}));
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "team"
+        );
+        assert_eq!(ns["status"]["phase"], "Active");
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+    }
+}

@@ -1,0 +1,150 @@
+//! Command-line interface of `cellmesh-local`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::apiserver;
+
+#[derive(Parser)]
+#[command(
+    name = "cellmesh-local",
+    version,
+    about = "A small Kubernetes-compatible cluster in one binary",
+    long_about = "A small Kubernetes-compatible cluster in one binary, so cellmesh runs on a \
+                  laptop without Docker. Point kubectl at it with the kubeconfig it writes \
+                  into the state directory: `export KUBECONFIG=.cellmesh/kubeconfig`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Kubernetes-compatible API server (HTTPS, bearer tokens, durable storage).
+    Apiserver(ApiserverArgs),
+}
+
+#[derive(Args)]
+struct ApiserverArgs {
+    /// Address to serve HTTPS on (port 0 picks a free port; the kubeconfig gets the real one).
+    #[arg(long, default_value = "127.0.0.1:6443", env = "CELLMESH_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the database, CA, admin token and kubeconfig (created if missing).
+    #[arg(long, default_value = ".cellmesh", env = "CELLMESH_STATE_DIR")]
+    state_dir: PathBuf,
+    /// How often watches that allow bookmarks get one (e.g. `60s`, `500ms`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    watch_bookmark_interval: Duration,
+    /// How many recent changes watches can resume from before they must relist (410 Gone).
+    #[arg(long, default_value_t = 100_000)]
+    event_window: usize,
+    /// Log filter (tracing-subscriber syntax), e.g. `info` or `cellmesh_local=debug`.
+    #[arg(long, default_value = "info", env = "CELLMESH_LOG")]
+    log: String,
+}
+
+/// Parses `500ms`, `30s`, `5m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 500ms, 30s, 5m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        other => Err(format!("unknown duration unit {other:?} (use ms, s or m)")),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Apiserver(args) => run_apiserver(args),
+    }
+}
+
+fn run_apiserver(args: ApiserverArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = apiserver::Config {
+        listen: args.listen,
+        state_dir: args.state_dir,
+        bookmark_interval: args.watch_bookmark_interval,
+        event_window: args.event_window,
+    };
+    let result = runtime.block_on(apiserver::run(
+        config,
+        |addr, kubeconfig| {
+            // Scripts and tests wait for this line.
+            println!("cellmesh-local apiserver listening on https://{addr}");
+            println!("kubeconfig: {}", kubeconfig.display());
+            println!(
+                "try: KUBECONFIG={} kubectl get namespaces",
+                kubeconfig.display()
+            );
+        },
+        shutdown_signal(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
