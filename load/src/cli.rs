@@ -54,7 +54,7 @@ pub struct Args {
     /// Target URL, e.g. http://127.0.0.1:8080/api/v1 (plain http only).
     pub url: String,
 
-    /// Connections to open (closed loop: requests in flight per connection × streams).
+    /// Connections to open; each carries one request at a time (HTTP/2: --streams).
     #[arg(short, long, default_value_t = 32)]
     pub connections: u32,
 
@@ -71,7 +71,8 @@ pub struct Args {
     #[arg(short, long, default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
 
-    /// Worker threads of the async runtime [default: the number of cores].
+    /// Load threads, each an event loop with its share of the connections [default: the
+    /// number of cores].
     #[arg(short, long)]
     pub threads: Option<usize>,
 

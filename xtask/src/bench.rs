@@ -226,7 +226,10 @@ pub fn render_table(series: &[Series]) -> String {
                 factor(vs_mubench),
             );
         }
-        if let Some(reference) = target.reference() {
+        let measured = series
+            .iter()
+            .any(|s| s.target == target && !s.runs.is_empty());
+        if let Some(reference) = target.reference().filter(|_| measured) {
             let _ = writeln!(
                 out,
                 "| {} | wrk | {} | {:.0} | {:.0} | 0 | – | 1.0× |",
@@ -651,6 +654,10 @@ mod tests {
             "| µBench s0→s1 (published) | wrk | 470 | 78 | 141 | 0 | – | 1.0× |"
         );
         assert_eq!(rows.len(), 10);
+        // Reference rows only for targets that were measured.
+        let hello_only = render_table(&series()[..2]);
+        assert_eq!(hello_only.lines().count(), 4, "{hello_only}");
+        assert!(!hello_only.contains("published"));
     }
 
     #[test]

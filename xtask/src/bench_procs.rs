@@ -300,25 +300,29 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// A minimal HTTP/1.1 GET (no dependency needed for a readiness probe); returns the status.
 pub fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    http_get(addr, path).map(|(status, _)| status)
+}
+
+/// A minimal HTTP/1.1 GET with `Connection: close`: (status, body). Fine for small,
+/// non-chunked answers such as `/ready` and `/metrics`.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let timeout = Duration::from_secs(2);
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 64];
-    let mut read = 0;
-    while read < 16 {
-        let n = stream.read(&mut head[read..])?;
-        if n == 0 {
-            break;
-        }
-        read += n;
-    }
-    parse_status_line(&String::from_utf8_lossy(&head[..read]))
-        .with_context(|| format!("not an HTTP response from {addr}"))
+    // One write: a server may answer (and close) as soon as it has the request head.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let status =
+        parse_status_line(&text).with_context(|| format!("not an HTTP response from {addr}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// The status code of an HTTP/1.x status line (`HTTP/1.1 200 OK` → 200).
@@ -358,15 +362,20 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
             let mut buf = [0u8; 256];
-            let n = stream.read(&mut buf).unwrap();
-            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "client closed before the end of its request");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8_lossy(&request).to_string();
             stream
-                .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nready")
                 .unwrap();
             request
         });
-        assert_eq!(http_get_status(addr, "/ready").unwrap(), 204);
+        assert_eq!(http_get(addr, "/ready").unwrap(), (200, "ready".to_owned()));
         let request = server.join().unwrap();
         assert!(request.starts_with("GET /ready HTTP/1.1\r\n"), "{request}");
     }

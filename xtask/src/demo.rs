@@ -20,6 +20,27 @@ const WORKMODEL: &str = "workmodel-parallel-3services.json";
 /// Leaves first, so s0's downstreams exist when it starts.
 const SERVICES: [(&str, u8); 3] = [("s1", 22), ("s2", 23), ("s0", 21)];
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Counts every request a cell finished, whatever its method.
+const SERVED_METRIC: &str = "mub_request_processing_latency_milliseconds_count";
+
+/// The sum of every sample of metric `name` in Prometheus text exposition.
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // The name must end here: a label set or the value follows.
+            let value = if let Some(labels) = rest.strip_prefix('{') {
+                labels.split_once('}')?.1
+            } else if rest.starts_with(' ') {
+                rest
+            } else {
+                return None;
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
 
 #[derive(Debug, Args)]
 pub struct Demo {
@@ -121,12 +142,12 @@ pub fn run(args: &Demo) -> Result<()> {
 
     step("running");
     println!(
-        "{:<4} {:>8}  {:<28} {:<22} {:<22}",
+        "{:<4} {:>8}  {:<32} {:<22} {:<22}",
         "svc", "pid", "REST", "gRPC", "admin"
     );
     for r in &running {
         println!(
-            "{:<4} {:>8}  {:<28} {:<22} {:<22}",
+            "{:<4} {:>8}  {:<32} {:<22} {:<22}",
             r.name,
             r.pid,
             format!("http://{}/api/v1", r.rest),
@@ -152,8 +173,60 @@ pub fn run(args: &Demo) -> Result<()> {
             .args(["-w", &format!("{}s", args.warmup)]),
     )?;
 
+    step("requests each cell served (its mub_request_processing_latency_milliseconds_count)");
+    for r in &running {
+        let served = bench_procs::http_get(r.admin, "/metrics")
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, text)| sum_metric(&text, SERVED_METRIC));
+        match served {
+            Some(count) => println!("{:<4} {count:>10.0}", r.name),
+            None => println!("{:<4} {:>10}", r.name, "(no /metrics)"),
+        }
+    }
+
     step("stopping the mesh");
     servers.stop();
     eprintln!("all cells stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_samples_are_summed_across_label_sets() {
+        let text = r#"# HELP x_count requests
+# TYPE x histogram
+x_count{method="GET",app_name="s0"} 40
+x_count{method="POST",app_name="s0"} 2
+x_count 1
+x_count_other 100
+x_sum{method="GET"} 12.5
+"#;
+        assert_eq!(sum_metric(text, "x_count"), 43.0);
+        assert_eq!(sum_metric(text, "x_sum"), 12.5);
+        assert_eq!(sum_metric(text, "absent"), 0.0);
+    }
+
+    #[test]
+    fn demo_arguments_have_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            demo: Demo,
+        }
+        let cli = Cli::try_parse_from(["demo"]).unwrap();
+        assert_eq!(
+            (cli.demo.duration, cli.demo.warmup, cli.demo.connections),
+            (10, 2, 16)
+        );
+        assert!(cli.demo.workmodel.is_none());
+        let cli =
+            Cli::try_parse_from(["demo", "--duration", "3", "--workmodel", "w.json"]).unwrap();
+        assert_eq!(cli.demo.duration, 3);
+        assert_eq!(cli.demo.workmodel, Some(PathBuf::from("w.json")));
+    }
 }
