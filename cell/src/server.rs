@@ -94,13 +94,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     app.set_ready(addresses);
     let spec = app.cell.spec();
+    // One line on stdout, stable for scripts and tests: `key=value` fields after the colon.
     println!(
-        "cellmesh-cell {}: ready — REST http://{}{}, gRPC {}, admin http://{} ({} requests at once)",
+        "cellmesh-cell {} ready: rest={} grpc={} admin={} path={} capacity={}",
         app.cell.name(),
         addresses.rest,
-        spec.path(),
         addresses.grpc,
         addresses.admin,
+        spec.path(),
         app.cell.capacity(),
     );
     for (name, target) in app.cell.downstreams() {
