@@ -12,7 +12,9 @@ use hyper_util::rt::TokioIo;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:18070".to_owned());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18070".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("hello_hyper on http://{addr}");
     loop {

@@ -2,6 +2,9 @@
 //! called through `tower::ServiceExt::oneshot` (REST) or an in-memory duplex stream (gRPC),
 //! with no socket. Downstreams are small recording stubs on 127.0.0.1.
 
+// Test helpers panic on failure by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,7 +56,11 @@ fn app(service: &str, resolve: &[(&str, SocketAddr)], timeout: Duration) -> Arc<
 async fn send(router: Router, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
     let response = router.oneshot(request).await.unwrap();
     let (parts, body) = response.into_parts();
-    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 fn get(uri: &str) -> Request<Body> {
@@ -131,7 +138,10 @@ async fn get_answers_the_internal_body_and_echoes_trace_headers() {
     let (status, headers, body) = send(router(app.clone()), request).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
-    assert!(!body.is_empty() && body.iter().all(|&b| b == b'm'), "{body:?}");
+    assert!(
+        !body.is_empty() && body.iter().all(|&b| b == b'm'),
+        "{body:?}"
+    );
     assert_eq!(headers["x-request-id"], "req-7");
     assert_eq!(headers["traceparent"], "00-abc-def-01");
     assert!(!headers.contains_key("user-agent"));
@@ -157,7 +167,12 @@ async fn metrics_count_requests_on_the_main_and_admin_ports() {
     for router in [router(app.clone()), admin_router(app.clone())] {
         let (status, headers, body) = send(router, get("/metrics")).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(headers["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
         let text = String::from_utf8(body.to_vec()).unwrap();
         let labels = r#"zone="default",app_name="s0",method="GET",endpoint="/api/v1",kubernetes_service="s0""#;
         for series in [
@@ -179,7 +194,11 @@ async fn post_runs_exactly_the_trace_with_subtrees_and_query() {
     let s1 = stub(StatusCode::OK, Duration::ZERO).await;
     let s2 = stub(StatusCode::OK, Duration::ZERO).await;
     let s3 = stub(StatusCode::OK, Duration::ZERO).await;
-    let app = app("s0", &[("s1", s1.addr), ("s2", s2.addr), ("s3", s3.addr)], LONG);
+    let app = app(
+        "s0",
+        &[("s1", s1.addr), ("s2", s2.addr), ("s3", s3.addr)],
+        LONG,
+    );
     let trace = r#"{"s0__root": [{"s2__a": [{"s3__q": []}], "s1__b": []}, {"s3__c": []}]}"#;
     let request = Request::post("/api/v1?bid=x")
         .header("x-b3-traceid", "t1")
@@ -190,7 +209,11 @@ async fn post_runs_exactly_the_trace_with_subtrees_and_query() {
     assert_eq!(headers["x-b3-traceid"], "t1");
 
     let (s1, s2, s3) = (s1.seen(), s2.seen(), s3.seen());
-    assert_eq!((s1.len(), s2.len(), s3.len()), (1, 1, 1), "the spec's own s1 call is not made");
+    assert_eq!(
+        (s1.len(), s2.len(), s3.len()),
+        (1, 1, 1),
+        "the spec's own s1 call is not made"
+    );
     assert_eq!(s2[0].method, Method::POST);
     assert_eq!(s2[0].uri, "/api/v1?bid=x");
     assert_eq!(s2[0].body, r#"{"s2__a":[{"s3__q":[]}]}"#);
@@ -206,8 +229,14 @@ async fn bad_posts_are_400_naming_the_problem() {
     let app = app("s0", &[], LONG);
     for (body, needle) in [
         ("not json", "POST body is not a trace"),
-        (r#"{"s1__x": []}"#, "the trace is for service `s1` but this is `s0`"),
-        (r#"{"s0": [{"s9": []}]}"#, "`s9`, which is not a service of this mesh"),
+        (
+            r#"{"s1__x": []}"#,
+            "the trace is for service `s1` but this is `s0`",
+        ),
+        (
+            r#"{"s0": [{"s9": []}]}"#,
+            "`s9`, which is not a service of this mesh",
+        ),
         (r#"{"s0": [], "s1": []}"#, "more than one top key"),
     ] {
         let (status, headers, response) = send(router(app.clone()), post("/api/v1", body)).await;
@@ -220,7 +249,9 @@ async fn bad_posts_are_400_naming_the_problem() {
     }
     let (_, _, metrics) = send(router(app), get("/metrics")).await;
     let text = String::from_utf8(metrics.to_vec()).unwrap();
-    assert!(text.contains(r#"cellmesh_requests_total{method="POST",endpoint="/api/v1",code="400"} 4"#));
+    assert!(
+        text.contains(r#"cellmesh_requests_total{method="POST",endpoint="/api/v1",code="400"} 4"#)
+    );
 }
 
 #[tokio::test]
@@ -233,11 +264,19 @@ async fn refused_downstream_is_502_naming_it() {
     let body = json(&body);
     assert_eq!(body["service"], "s1");
     assert_eq!(body["error"], "downstream service s1 failed");
-    assert!(body["reason"].as_str().unwrap().contains("onnection refused"), "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("onnection refused"),
+        "{body}"
+    );
     let (_, _, metrics) = send(router(app), get("/metrics")).await;
     let text = String::from_utf8(metrics.to_vec()).unwrap();
     assert!(text.contains(r#"cellmesh_downstream_calls_total{service="s1",outcome="error"} 1"#));
-    assert!(text.contains(r#"cellmesh_requests_total{method="GET",endpoint="/api/v1",code="502"} 1"#));
+    assert!(
+        text.contains(r#"cellmesh_requests_total{method="GET",endpoint="/api/v1",code="502"} 1"#)
+    );
 }
 
 #[tokio::test]
@@ -248,7 +287,10 @@ async fn failing_downstream_status_is_502_quoting_its_answer() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let body = json(&body);
     assert_eq!(body["service"], "s1");
-    assert_eq!(body["reason"], "answered 500 Internal Server Error: stub says no");
+    assert_eq!(
+        body["reason"],
+        "answered 500 Internal Server Error: stub says no"
+    );
 }
 
 #[tokio::test]
@@ -274,7 +316,11 @@ async fn bid_selects_an_alternative_behaviour() {
     send(router(app.clone()), get("/api/v1?a=b&bid=both")).await;
     assert_eq!((s1.seen().len(), s2.seen().len()), (1, 1));
     send(router(app), get("/api/v1?bid=unknown")).await;
-    assert_eq!((s1.seen().len(), s2.seen().len()), (2, 1), "unknown bid: the default");
+    assert_eq!(
+        (s1.seen().len(), s2.seen().len()),
+        (2, 1),
+        "unknown bid: the default"
+    );
 }
 
 #[tokio::test]
@@ -284,9 +330,17 @@ async fn unknown_paths_are_404_and_admin_reports_state() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let (status, _, _) = send(admin_router(app.clone()), get("/ready")).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready before the servers bind");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready before the servers bind"
+    );
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    app.set_ready(Addresses { rest: addr, grpc: addr, admin: addr });
+    app.set_ready(Addresses {
+        rest: addr,
+        grpc: addr,
+        admin: addr,
+    });
     let (status, _, _) = send(admin_router(app.clone()), get("/ready")).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = send(admin_router(app.clone()), get("/live")).await;
@@ -333,7 +387,10 @@ async fn grpc_client(app: Arc<App>) -> MicroServiceClient<tonic::transport::Chan
 fn node(key: &str, groups: Vec<Vec<TraceNode>>) -> TraceNode {
     TraceNode {
         key: key.to_owned(),
-        groups: groups.into_iter().map(|calls| TraceGroup { calls }).collect(),
+        groups: groups
+            .into_iter()
+            .map(|calls| TraceGroup { calls })
+            .collect(),
     }
 }
 
@@ -349,7 +406,9 @@ async fn grpc_unary_streaming_and_trace_calls_rest_downstreams() {
         message: "Hello service: s0".into(),
         ..Message::default()
     });
-    request.metadata_mut().insert("x-request-id", "g-1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "g-1".parse().unwrap());
     let response = client.get_micro_service_response(request).await.unwrap();
     assert_eq!(response.metadata().get("x-request-id").unwrap(), "g-1");
     let response = response.into_inner();
@@ -359,7 +418,10 @@ async fn grpc_unary_streaming_and_trace_calls_rest_downstreams() {
     assert_eq!(s1.seen()[0].headers["x-request-id"], "g-1");
 
     // A trace: s2 then s1, each with its subtree as a REST POST.
-    let trace = node("s0__t", vec![vec![node("s2__a", vec![]), node("s1__b", vec![])]]);
+    let trace = node(
+        "s0__t",
+        vec![vec![node("s2__a", vec![]), node("s1__b", vec![])]],
+    );
     let request = Message {
         query: "k=v".into(),
         trace: Some(trace),
@@ -385,9 +447,16 @@ async fn grpc_unary_streaming_and_trace_calls_rest_downstreams() {
         trace: Some(node("s1__x", vec![])),
         ..Message::default()
     };
-    let status = client.get_micro_service_response(request).await.unwrap_err();
+    let status = client
+        .get_micro_service_response(request)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("this is `s0`"), "{}", status.message());
+    assert!(
+        status.message().contains("this is `s0`"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -400,15 +469,30 @@ async fn grpc_downstream_failure_is_unavailable_naming_the_service() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.message().starts_with("downstream service `s1` failed"), "{}", status.message());
-    assert_eq!(status.metadata().get("x-cellmesh-failed-service").unwrap(), "s1");
+    assert!(
+        status
+            .message()
+            .starts_with("downstream service `s1` failed"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        status.metadata().get("x-cellmesh-failed-service").unwrap(),
+        "s1"
+    );
 }
 
 #[tokio::test]
 async fn large_bodies_stream_in_bounded_chunks() {
     let workmodel = r#"{"big": {"internal_service": {"compute_pi": {"range_complexity": [1, 1], "mean_response_size": 200}}}}"#;
     let loaded = mubench::from_json_str(workmodel).unwrap();
-    let cell = ServiceCell::new(&loaded.services, "big", CellOptions::default(), http_client()).unwrap();
+    let cell = ServiceCell::new(
+        &loaded.services,
+        "big",
+        CellOptions::default(),
+        http_client(),
+    )
+    .unwrap();
     let mut client = grpc_client(Arc::new(App::new(cell))).await;
     let mut total = 0;
     let mut largest = 0;
