@@ -53,6 +53,7 @@ pub fn load(args: &Args) -> anyhow::Result<App> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let app = Arc::new(load(&args)?);
+    let shutdown = shutdown_signal()?;
     let bind = |address, what: &'static str| async move {
         TcpListener::bind(address)
             .await
@@ -94,13 +95,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     app.set_ready(addresses);
     let spec = app.cell.spec();
+    // One line on stdout, stable for scripts and tests: `key=value` fields after the colon.
     println!(
-        "cellmesh-cell {}: ready — REST http://{}{}, gRPC {}, admin http://{} ({} requests at once)",
+        "cellmesh-cell {} ready: rest={} grpc={} admin={} path={} capacity={}",
         app.cell.name(),
         addresses.rest,
-        spec.path(),
         addresses.grpc,
         addresses.admin,
+        spec.path(),
         app.cell.capacity(),
     );
     for (name, target) in app.cell.downstreams() {
@@ -110,7 +112,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let signals = {
         let app = app.clone();
         async move {
-            shutdown_signal().await;
+            shutdown.await;
             info!("shutting down: draining in-flight requests");
             app.drain();
             let _ = stop_tx.send(true);
@@ -141,20 +143,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                warn!("cannot watch SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
+/// Registers SIGTERM and SIGINT handlers now (so a signal that arrives right after the ready
+/// line is not fatal) and returns a future that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
+    })
 }
