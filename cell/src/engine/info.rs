@@ -117,6 +117,16 @@ fn gauge(
     gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
 }
 
+fn int_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: u32,
+) -> std::fmt::Result {
+    let gauge = ConstGauge::new(i64::from(value));
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
 fn counter(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
@@ -134,23 +144,23 @@ impl Collector for EngineCollector {
         };
         let info = shared.snapshot();
         let e = &mut encoder;
-        gauge(
+        int_gauge(
             e,
             "cellmesh_engine_queue_length",
             "Requests waiting for a worker.",
-            f64::from(info.queue_length),
+            info.queue_length,
         )?;
-        gauge(
+        int_gauge(
             e,
             "cellmesh_engine_in_flight",
             "Requests running on workers.",
-            f64::from(info.in_flight),
+            info.in_flight,
         )?;
-        gauge(
+        int_gauge(
             e,
             "cellmesh_engine_pool_limit",
             "Maximum workers in force (auto resolved).",
-            f64::from(info.effective_pool_limit),
+            info.effective_pool_limit,
         )?;
         gauge(
             e,
