@@ -252,7 +252,7 @@ impl Stage {
             fail("name must not be empty".to_owned());
         }
         match kind {
-            StageKind::Function { name, .. } if name.is_empty() => {
+            StageKind::Function { name: "", .. } => {
                 fail("function must name a built-in function".to_owned());
             }
             StageKind::Function { .. } => {}

@@ -3,14 +3,13 @@
 
 mod engine_common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cellmesh_api::profile::ProfileSpec;
 use cellmesh_cell::engine::reload::watch_profile_file;
-use engine_common::{fake_cgroup, start, wait_for};
+use engine_common::{configmap_update, fake_cgroup, set_cpu_max, start, wait_for};
 use serde_json::json;
 
 #[tokio::test]
@@ -106,28 +105,6 @@ async fn auto_pool_limit_follows_the_cgroup_cpu_limit() {
     })
     .await;
     assert_eq!(info.counters.worker_restarts, 0);
-}
-
-fn set_cpu_max(root: &Path, value: &str) {
-    // Write then rename, so the engine never reads a half-written file.
-    let tmp = root.join("cpu.max.tmp");
-    std::fs::write(&tmp, value).unwrap();
-    std::fs::rename(tmp, root.join("cpu.max")).unwrap();
-}
-
-/// Lay out a directory the way the kubelet mounts a ConfigMap: `profile.yaml` →
-/// `..data/profile.yaml`, `..data` → a timestamped directory; an update swaps `..data`.
-fn configmap_update(dir: &Path, version: u32, content: &str) {
-    let versioned = dir.join(format!("..2026_01_01_00_00_0{version}"));
-    std::fs::create_dir(&versioned).unwrap();
-    std::fs::write(versioned.join("profile.yaml"), content).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(versioned.file_name().unwrap(), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    let link = dir.join("profile.yaml");
-    if std::fs::symlink_metadata(&link).is_err() {
-        std::os::unix::fs::symlink("..data/profile.yaml", &link).unwrap();
-    }
 }
 
 #[tokio::test]

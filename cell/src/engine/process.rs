@@ -55,7 +55,7 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub(crate) enum ToWorker {
-    Init { pipeline: Stage },
+    Init { pipeline: Box<Stage> },
     Run { job: JobId, input: Value },
     Cancel { job: JobId },
     Retire,
@@ -339,9 +339,11 @@ async fn run_worker(
         let mut conn = connected
             .await
             .map_err(|_| "the engine stopped".to_owned())?;
-        conn.send(encode(&ToWorker::Init { pipeline: spec }))
-            .await
-            .map_err(|e| format!("cannot send init: {e}"))?;
+        conn.send(encode(&ToWorker::Init {
+            pipeline: Box::new(spec),
+        }))
+        .await
+        .map_err(|e| format!("cannot send init: {e}"))?;
         match conn.next().await {
             Some(Ok(frame)) => match decode(&frame)? {
                 FromWorker::Ready => Ok(conn),

@@ -1,5 +1,6 @@
 //! Helpers shared by the engine's integration tests.
-#![allow(dead_code)]
+// Test helpers: a failed setup step should panic the test that called it.
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,5 +69,27 @@ pub async fn wait_for(
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub fn set_cpu_max(root: &Path, value: &str) {
+    // Write then rename, so the engine never reads a half-written file.
+    let tmp = root.join("cpu.max.tmp");
+    std::fs::write(&tmp, value).unwrap();
+    std::fs::rename(tmp, root.join("cpu.max")).unwrap();
+}
+
+/// Lay out a directory the way the kubelet mounts a ConfigMap: `profile.yaml` →
+/// `..data/profile.yaml`, `..data` → a timestamped directory; an update swaps `..data`.
+pub fn configmap_update(dir: &Path, version: u32, content: &str) {
+    let versioned = dir.join(format!("..2026_01_01_00_00_0{version}"));
+    std::fs::create_dir(&versioned).unwrap();
+    std::fs::write(versioned.join("profile.yaml"), content).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(versioned.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("profile.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/profile.yaml", &link).unwrap();
     }
 }
