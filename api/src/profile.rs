@@ -433,6 +433,19 @@ mod tests {
     }
 
     #[test]
+    fn example_profiles_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/profiles");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            ProfileSpec::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+        assert!(seen >= 1, "examples/profiles holds at least one profile");
+    }
+
+    #[test]
     fn pool_limit_accepts_number_auto_and_numeric_string() {
         let n = ProfileSpec::from_yaml("poolLimit: 4").unwrap();
         assert_eq!(n.pool_limit, PoolLimit::Fixed(4));

@@ -193,3 +193,27 @@ async fn drain_gives_up_after_the_termination_timeout() {
         EngineError::ShutDown
     );
 }
+
+#[tokio::test]
+async fn queue_limit_zero_admits_up_to_the_pools_capacity() {
+    // Automatic admission: poolLimit 1 × concurrency 2 = 2 requests in the cell at once.
+    let engine = start(
+        "concurrency: 2\npoolMin: 1\npoolLimit: 1\nqueueLimit: 0",
+        "function: sleep\nargs: {ms: 60000}",
+        None,
+    );
+    wait_for(&engine, "an idle worker", |i| i.idle_workers == 1).await;
+    let first = engine.submit(json!(1), None).unwrap();
+    let second = engine.submit(json!(2), None).unwrap();
+    let third = engine.submit(json!(3), None).err().unwrap();
+    assert!(
+        matches!(third, EngineError::QueueFull { queue_limit: 0, .. }),
+        "{third:?}"
+    );
+    drop((first, second));
+    wait_for(&engine, "the slots to free", |i| i.in_flight == 0).await;
+    assert!(
+        engine.submit(json!(4), None).is_ok(),
+        "room again once requests leave"
+    );
+}

@@ -21,6 +21,7 @@
 
 mod cgroup;
 mod child;
+pub mod deadline;
 mod error;
 mod info;
 pub mod pipeline;
