@@ -143,3 +143,30 @@ async fn a_worker_that_cannot_start_is_retried_with_backoff() {
         .unwrap_err();
     assert!(matches!(error, EngineError::Expired { .. }), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_worker_stuck_in_a_cancelled_request_is_killed_and_replaced() {
+    // A blocking handler cannot see the cancel frame; after terminationTimeout the
+    // worker is killed so its slot is not lost forever.
+    let engine = start(
+        "isolate: process\nconcurrency: 1\npoolMin: 1\npoolLimit: 1\nterminationTimeout: 100ms",
+        "switch: {on: /block, cases: {yes: {function: sleep, args: {ms: 60000, blocking: true}}, no: {function: echo}}}",
+        None,
+    );
+    let info = wait_for(&engine, "a ready worker", |i| i.idle_workers == 1).await;
+    let stuck_pid = info.workers[0].pid.unwrap();
+    let error = engine
+        .call(json!({"block": "yes"}), Some(Duration::from_millis(100)))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, EngineError::TimedOut { .. }), "{error:?}");
+    let info = wait_for(&engine, "a replacement worker", |i| {
+        i.idle_workers == 1 && i.workers[0].pid != Some(stuck_pid)
+    })
+    .await;
+    assert_eq!(info.counters.worker_restarts, 1);
+    assert_eq!(
+        engine.call(json!({"block": "no"}), None).await.unwrap(),
+        [json!({"block": "no"})]
+    );
+}

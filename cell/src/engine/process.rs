@@ -231,6 +231,11 @@ struct ProcessWorker {
     tx: mpsc::UnboundedSender<ToWorker>,
     inflight: Arc<Mutex<InFlightTable>>,
     retiring: AtomicBool,
+    /// How long a cancelled request may keep running before the process is killed.
+    cancel_grace: Duration,
+    /// Fired (with a reason) to kill a process that ignores cancellation.
+    kill: CancellationToken,
+    kill_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl WorkerHandle for ProcessWorker {
@@ -254,9 +259,26 @@ impl WorkerHandle for ProcessWorker {
         }
         let tx = self.tx.clone();
         let token = cancel.clone();
+        let (grace, kill, kill_reason) = (
+            self.cancel_grace,
+            self.kill.clone(),
+            Arc::clone(&self.kill_reason),
+        );
+        // Aborted when the request finishes; past the grace the worker is stuck (e.g. a
+        // blocking handler) and only killing it frees its slots.
         let watcher = tokio::spawn(async move {
             token.cancelled().await;
             let _ = tx.send(ToWorker::Cancel { job });
+            tokio::time::sleep(grace).await;
+            if let Ok(mut reason) = kill_reason.lock() {
+                reason.get_or_insert_with(|| {
+                    format!(
+                        "killed because a cancelled request kept running for {} ms",
+                        grace.as_millis()
+                    )
+                });
+            }
+            kill.cancel();
         })
         .abort_handle();
         table.jobs.insert(
@@ -312,10 +334,13 @@ async fn run_worker(
             shared.worker_lost(id, &reason);
         }
     };
-    let Some(startup) = shared
-        .upgrade()
-        .map(|s| s.lock().profile.startup_timeout.get())
-    else {
+    let Some((startup, cancel_grace)) = shared.upgrade().map(|s| {
+        let st = s.lock();
+        (
+            st.profile.startup_timeout.get(),
+            st.profile.termination_timeout.get(),
+        )
+    }) else {
         return;
     };
     let mut child = match spawn_child(&command, &socket, id) {
@@ -380,6 +405,9 @@ async fn run_worker(
         tx,
         inflight: Arc::clone(&inflight),
         retiring: AtomicBool::new(false),
+        cancel_grace,
+        kill: CancellationToken::new(),
+        kill_reason: Arc::default(),
     });
     let Some(pool) = shared.upgrade() else { return };
     pool.worker_ready(id, Arc::clone(&handle) as Arc<dyn WorkerHandle>);
@@ -392,7 +420,15 @@ async fn run_worker(
             }
         }
     });
-    while let Some(Ok(frame)) = frames.next().await {
+    loop {
+        let frame = tokio::select! {
+            frame = frames.next() => frame,
+            () = handle.kill.cancelled() => {
+                let _ = child.start_kill();
+                None
+            }
+        };
+        let Some(Ok(frame)) = frame else { break };
         let message: FromWorker = match decode(&frame) {
             Ok(message) => message,
             Err(e) => {
@@ -454,10 +490,13 @@ async fn run_worker(
         }
         return;
     }
-    let reason = match status {
+    let mut reason = match status {
         Some(status) => format!("the process exited ({status})"),
         None => "the process closed its connection and did not exit; it was killed".to_owned(),
     };
+    if let Some(why) = handle.kill_reason.lock().ok().and_then(|r| r.clone()) {
+        reason = format!("{why}; {reason}");
+    }
     for flight in stranded {
         flight.watcher.abort();
         let _ = flight.events.send(Event::Failed(EngineError::WorkerLost {

@@ -40,7 +40,8 @@ impl std::fmt::Debug for Functions {
 
 impl Functions {
     /// The engine's own functions: `echo` (emits its input) and `sleep` (waits
-    /// `args.ms` milliseconds, then emits its input; a stand-in for slow work).
+    /// `args.ms` milliseconds, then emits its input; a stand-in for slow work; with
+    /// `args.blocking: true` it blocks its thread, like CPU-bound or blocking user code).
     pub fn builtin() -> Self {
         let mut functions = Self::default();
         functions.register("echo", |_| Ok(Arc::new(Echo)));
@@ -76,6 +77,7 @@ impl Function for Echo {
 
 struct Sleep {
     delay: Duration,
+    blocking: bool,
 }
 
 impl Sleep {
@@ -87,8 +89,14 @@ impl Sleep {
                 .and_then(Value::as_u64)
                 .ok_or("sleep needs args {ms: <whole milliseconds>}")?,
         };
+        let blocking = args
+            .and_then(|a| a.get("blocking"))
+            .map(|b| b.as_bool().ok_or("sleep's blocking must be true or false"))
+            .transpose()?
+            .unwrap_or(false);
         Ok(Self {
             delay: Duration::from_millis(ms),
+            blocking,
         })
     }
 }
@@ -96,7 +104,11 @@ impl Sleep {
 impl Function for Sleep {
     fn call<'a>(&'a self, input: Value, out: &'a Emitter) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
+            if self.blocking {
+                std::thread::sleep(self.delay);
+            } else {
+                tokio::time::sleep(self.delay).await;
+            }
             out.emit(input)
         })
     }
