@@ -308,15 +308,23 @@ impl Shared {
     pub(crate) fn worker_ready(&self, id: WorkerId, handle: Arc<dyn WorkerHandle>) {
         let mut st = self.lock();
         let now = Instant::now();
-        match st.workers.get_mut(&id) {
-            Some(slot) if slot.state == SlotState::Starting => {
-                slot.state = SlotState::Active;
-                slot.idle_since = now;
-                slot.handle = Some(handle);
-                tracing::info!(worker = id, pid = ?slot.handle.as_ref().and_then(|h| h.pid()), "worker ready");
+        let state = st.workers.get(&id).map(|slot| slot.state);
+        match state {
+            Some(SlotState::Starting) => {
+                tracing::info!(worker = id, pid = ?handle.pid(), "worker ready");
+                if let Some(slot) = st.workers.get_mut(&id) {
+                    slot.state = SlotState::Active;
+                    slot.idle_since = now;
+                    slot.handle = Some(handle);
+                }
             }
-            // Retired or shut down while starting.
-            _ => handle.retire(),
+            // Sealed while starting (the limit fell): it is surplus.
+            Some(SlotState::Sealing) => {
+                st.workers.remove(&id);
+                handle.retire();
+            }
+            // Retired, or shut down, while starting.
+            Some(SlotState::Active) | None => handle.retire(),
         }
         self.pump(&mut st, now);
     }
