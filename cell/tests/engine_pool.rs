@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cellmesh_api::profile::ProfileSpec;
-use cellmesh_cell::engine::reload::watch_profile_file;
+use cellmesh_cell::engine::reload::{read_profile_file, watch_profile_file};
 use engine_common::{configmap_update, fake_cgroup, set_cpu_max, start, wait_for};
 use serde_json::json;
 
@@ -113,12 +113,14 @@ async fn hot_reload_applies_changes_and_keeps_the_old_profile_on_errors() {
     let first = "concurrency: 1\npoolMin: 1\npoolLimit: 1\nqueueLimit: 1\n";
     configmap_update(dir.path(), 1, first);
     let path = dir.path().join("profile.yaml");
+    let (spec, content) = read_profile_file(&path).unwrap();
+    assert_eq!(spec.queue_limit, 1);
     let engine = start(first, "function: sleep\nargs: {ms: 200}", None);
     let _watch = watch_profile_file(
         &engine,
         path.clone(),
         Duration::from_millis(5),
-        Some(first.as_bytes().to_vec()),
+        Some(content),
     );
     wait_for(&engine, "an idle worker", |i| i.idle_workers == 1).await;
 

@@ -17,6 +17,18 @@ use tokio::task::JoinHandle;
 
 use super::Engine;
 
+/// Read and validate the profile file at `path` (for `--profile` at start); returns the
+/// profile and the raw content to hand to [`watch_profile_file`] as `initial`.
+pub fn read_profile_file(path: &std::path::Path) -> Result<(ProfileSpec, Vec<u8>), String> {
+    let content =
+        std::fs::read(path).map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&content)
+        .map_err(|e| format!("profile {} is not UTF-8: {e}", path.display()))?;
+    let spec =
+        ProfileSpec::from_yaml(text).map_err(|e| format!("profile {}: {e}", path.display()))?;
+    Ok((spec, content))
+}
+
 /// Watch `path` and apply its changes to `engine` until the returned task is aborted or
 /// the engine is dropped. `initial` is the content the engine was started with, if any.
 pub fn watch_profile_file(
