@@ -79,7 +79,7 @@ async fn a_worker_that_exits_gives_its_exit_status() {
 
 #[tokio::test]
 async fn a_hanging_worker_hits_the_stage_timeout() {
-    let p = exec_stage("tail", "read -r line; sleep 60", ", timeout: 50ms");
+    let p = exec_stage("tail", "read -r line; exec sleep 60", ", timeout: 50ms");
     let error = p.run_collect(json!(1)).await.unwrap_err();
     assert_eq!(error.kind, StageErrorKind::ExecTimedOut);
     assert!(error.message.contains("50ms"), "{error}");
@@ -102,7 +102,7 @@ async fn a_missing_program_is_a_clear_error() {
 async fn a_hanging_worker_without_stage_timeout_hits_the_request_deadline() {
     let engine = start(
         "concurrency: 1\npoolMin: 1\npoolLimit: 1",
-        "exec: {command: [sh, -c, 'read -r line; sleep 60']}",
+        "exec: {command: [sh, -c, 'read -r line; exec sleep 60']}",
         None,
     );
     wait_for(&engine, "an idle worker", |i| i.idle_workers == 1).await;
@@ -139,7 +139,7 @@ sequential:
 async fn the_first_output_arrives_before_the_request_ends() {
     let engine = start(
         "concurrency: 1\npoolMin: 1\npoolLimit: 1",
-        r#"exec: {command: [sh, -c, 'read -r line; echo "{\"output\": \"first\"}"; sleep 60; echo "{\"end\": true}"']}"#,
+        r#"exec: {command: [sh, -c, 'read -r line; echo "{\"output\": \"first\"}"; exec sleep 60']}"#,
         None,
     );
     let mut stream = engine.submit(json!(null), None).unwrap();

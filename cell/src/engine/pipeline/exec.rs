@@ -8,7 +8,8 @@
 //! and the request fails with a [`StageError`] naming the stage and saying what happened
 //! (with the tail of the worker's stderr); the next request starts a fresh worker. An
 //! `{"error": …}` answer is the user's own failure: the worker is kept. If the request is
-//! cancelled mid-way the worker's state is unknown, so it is killed (kill-on-drop).
+//! cancelled mid-way the worker's state is unknown, so it is killed (kill-on-drop). Only the
+//! direct child is killed: a worker script should `exec` its long-running program.
 
 use std::collections::VecDeque;
 use std::process::Stdio;
