@@ -4,11 +4,16 @@
 //! (axum), [`grpc`] (tonic) and [`admin`] → [`service`] (transport-free request handling:
 //! admission, internal function, downstream calls) → [`plan`], [`trace`], [`functions`],
 //! [`downstream`], [`metrics`].
+//!
+//! [`engine`] is the Cocaine/mpservice-style engine (Profiles, elastic worker pools,
+//! admission with deadlines, pipelines, drain). It is tested on its own and is being wired
+//! into the transports (issue 4).
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod downstream;
+pub mod engine;
 pub mod functions;
 pub mod grpc;
 pub mod headers;

@@ -4,6 +4,13 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // A process worker of the engine is this same binary, re-executed with a marker in its
+    // environment; it must load the same functions as the parent before anything else runs.
+    if let Some(code) =
+        cellmesh_cell::engine::run_worker_if_requested(cellmesh_cell::engine::Functions::builtin)
+    {
+        std::process::exit(code)
+    }
     let args = cellmesh_cell::cli::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
