@@ -15,6 +15,7 @@ mod objects;
 mod openapi;
 mod path;
 pub mod pki;
+mod protobuf;
 mod registry;
 mod rest;
 pub mod store;
