@@ -757,7 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn bodies_decode_from_json_and_yaml_only() {
+    fn bodies_decode_from_json_yaml_and_protobuf_only() {
         assert_eq!(
             decode_body("application/json", br#"{"a":1}"#).unwrap()["a"],
             1
@@ -775,8 +775,10 @@ mod tests {
             decode_body("application/vnd.kubernetes.protobuf", b"x")
                 .unwrap_err()
                 .code,
-            415
+            400,
+            "protobuf is decoded (and this is not a k8s protobuf body)"
         );
+        assert_eq!(decode_body("application/cbor", b"x").unwrap_err().code, 415);
     }
 
     #[test]
