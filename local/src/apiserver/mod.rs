@@ -6,6 +6,8 @@
 //! in [`store`] (durable before acknowledged); [`rest`] implements the generic resource
 //! verbs; [`discovery`] the discovery documents; [`watch`] the watch streams.
 
+mod auth;
+mod authz;
 mod crd;
 mod defaults;
 mod discovery;
@@ -15,6 +17,7 @@ mod objects;
 mod openapi;
 mod path;
 pub mod pki;
+mod protobuf;
 mod registry;
 mod rest;
 pub mod store;
@@ -34,6 +37,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use cellmesh_apimachinery::rbac::UserInfo;
 use error::ApiError;
 use registry::Registry;
 use store::{Outcome, Store};
@@ -70,6 +74,8 @@ pub struct RuntimeConfig {
     pub server_address: String,
     /// Bearer tokens accepted as the cluster admin.
     pub admin_tokens: Vec<String>,
+    /// Signs and verifies ServiceAccount tokens.
+    pub token_keys: auth::TokenKeys,
 }
 
 impl AppState {
@@ -88,10 +94,14 @@ impl AppState {
                 bookmark_interval: config.bookmark_interval,
                 server_address,
                 admin_tokens: vec![admin_token],
+                token_keys: auth::TokenKeys::load_or_create(&config.state_dir)?,
             }),
         };
         crd::load_all(&state);
         state.bootstrap().await?;
+        authz::bootstrap(&state).await?;
+        authz::ensure_default_service_accounts(&state).await;
+        tokio::spawn(authz::run_service_account_controller(state.clone()));
         Ok(state)
     }
 
@@ -160,24 +170,16 @@ fn version_body() -> serde_json::Value {
     })
 }
 
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authenticated(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    state
-        .config
-        .admin_tokens
-        .iter()
-        .any(|known| same_secret(known.as_bytes(), token.trim().as_bytes()))
+/// The requester: authenticated by bearer token, then impersonation applied.
+fn identify(state: &AppState, headers: &HeaderMap) -> Result<UserInfo, ApiError> {
+    let user = auth::authenticate(
+        headers,
+        &state.config.admin_tokens,
+        &state.config.token_keys,
+        &state.store,
+    )
+    .ok_or_else(ApiError::unauthorized)?;
+    auth::impersonate(user, headers, || authz::policy_of(&state.store))
 }
 
 fn accept_of(headers: &HeaderMap) -> &str {
@@ -224,19 +226,18 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         "/version" => return Ok(rest::json_response(StatusCode::OK, &version_body())),
         _ => {}
     }
-    if !authenticated(state, &parts.headers) {
-        return Err(ApiError::unauthorized());
-    }
+    let user = identify(state, &parts.headers)?;
     let accept = accept_of(&parts.headers).to_owned();
     if !accepts_json(&accept) {
         tracing::warn!(%path, %accept, "client does not accept JSON; answering JSON anyway");
     }
-    if parts.method == Method::GET
-        && let Some(response) = discovery_response(state, &path, &accept)
-    {
-        return response;
-    }
     let Some(target) = path::parse(&path) else {
+        authz::check_path(&state.store, &user, &parts.method, &path)?;
+        if parts.method == Method::GET
+            && let Some(response) = discovery_response(state, &path, &accept)
+        {
+            return response;
+        }
         tracing::warn!(method = %parts.method, %path, %accept, "unhandled request: no such path");
         return Err(ApiError::no_route());
     };
@@ -249,6 +250,15 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
     let query = axum::extract::Query::<rest::Query>::try_from_uri(&parts.uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))?
         .0;
+    authz::check_resource(&state.store, &user, &parts.method, &target, &query)?;
+    if authz::is_virtual(&target) {
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return authz::serve(state, &user, &parts.method, &target, content_type, &body).await;
+    }
     rest::handle(rest::Request {
         state,
         method: &parts.method,

@@ -151,6 +151,7 @@ const BUILTINS: &[Builtin] = &[
     builtin("", "secrets", "Secret", true),
     Builtin {
         short_names: &["sa"],
+        subresources: &["token"],
         ..builtin("", "serviceaccounts", "ServiceAccount", true)
     },
     Builtin {
@@ -181,6 +182,34 @@ const BUILTINS: &[Builtin] = &[
         subresources: &["status", "scale"],
         tracks_generation: true,
         ..builtin("apps", "replicasets", "ReplicaSet", true)
+    },
+    // Virtual resources answered by `authz`: created, never stored.
+    Builtin {
+        verbs: &["create"],
+        ..builtin(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+        )
+    },
+    Builtin {
+        verbs: &["create"],
+        ..builtin(
+            "authorization.k8s.io",
+            "selfsubjectrulesreviews",
+            "SelfSubjectRulesReview",
+            false,
+        )
+    },
+    Builtin {
+        verbs: &["create"],
+        ..builtin(
+            "authentication.k8s.io",
+            "selfsubjectreviews",
+            "SelfSubjectReview",
+            false,
+        )
     },
     builtin("rbac.authorization.k8s.io", "roles", "Role", true),
     builtin(

@@ -116,6 +116,7 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         })?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?,
+        super::protobuf::MEDIA_TYPE => super::protobuf::decode(body)?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
@@ -756,7 +757,7 @@ mod tests {
     }
 
     #[test]
-    fn bodies_decode_from_json_and_yaml_only() {
+    fn bodies_decode_from_json_yaml_and_protobuf_only() {
         assert_eq!(
             decode_body("application/json", br#"{"a":1}"#).unwrap()["a"],
             1
@@ -774,8 +775,10 @@ mod tests {
             decode_body("application/vnd.kubernetes.protobuf", b"x")
                 .unwrap_err()
                 .code,
-            415
+            400,
+            "protobuf is decoded (and this is not a k8s protobuf body)"
         );
+        assert_eq!(decode_body("application/cbor", b"x").unwrap_err().code, 415);
     }
 
     #[test]
