@@ -6,11 +6,13 @@
 //! in [`store`] (durable before acknowledged); [`rest`] implements the generic resource
 //! verbs; [`discovery`] the discovery documents; [`watch`] the watch streams.
 
+mod admission;
 mod crd;
 mod defaults;
 mod discovery;
 pub mod error;
 mod machinery;
+mod managed;
 mod objects;
 mod openapi;
 mod path;
