@@ -139,6 +139,37 @@ async fn server_side_apply_conflicts_and_force() {
         status.message
     );
 
+    // Applying status goes to the status subresource only, under its own entry.
+    let status = api
+        .patch_status(
+            "web",
+            &PatchParams::apply("ctrl"),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "spec": {"replicas": 7}, "status": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.status.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(status.spec.as_ref().unwrap().replicas, Some(3));
+    let entry = status
+        .managed_fields()
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("ctrl"))
+        .cloned()
+        .unwrap();
+    assert_eq!(entry.subresource.as_deref(), Some("status"));
+    // The main resource ignores status in an apply.
+    let ignored = api
+        .patch(
+            "web",
+            &PatchParams::apply("alice"),
+            &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "metadata": {"name": "web"}, "status": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ignored.status.unwrap().replicas, Some(1));
+
     // Dry-run applies answer without storing.
     let rv = api.get("web").await.unwrap().resource_version();
     api.patch(

@@ -256,6 +256,12 @@ fn custom_resources_are_validated_defaulted_and_pruned() {
     let stored = json(&server.kubectl(&["get", "gadget", "g1", "-o", "json"]));
     assert!(stored["spec"].get("shape").is_none(), "{stored}");
     assert_eq!(stored["spec"]["limit"], 10, "defaulted: {stored}");
+    let owners =
+        json(&server.kubectl(&["get", "gadget", "g1", "-o", "json", "--show-managed-fields"]));
+    assert_eq!(
+        managers(&owners),
+        [pair("kubectl-client-side-apply", "Update")]
+    );
 
     // Server-side apply and patches go through the same validation.
     let ssa = server.kubectl_fails(
@@ -299,4 +305,21 @@ fn explain_reads_custom_resource_schemas() {
     assert!(spec.contains("How many parts the gadget has."), "{spec}");
     let size = server.kubectl(&["explain", "gadgets.spec.color"]);
     assert!(size.contains("The colour of the gadget."), "{size}");
+}
+
+#[test]
+fn crds_without_structural_schemas_are_refused() {
+    let server = Server::start();
+    let untyped = GADGET_CRD.replace(
+        "          status:\n            type: object\n",
+        "          status:\n",
+    );
+    assert_ne!(untyped, GADGET_CRD, "the fixture changed");
+    let err = server.kubectl_fails(&["apply", "-f", "-"], Some(&untyped));
+    assert!(
+        err.contains("The CustomResourceDefinition \"gadgets.example.com\" is invalid: spec.versions[0].schema.openAPIV3Schema.properties[status].type: Required value: must not be empty for specified object fields"),
+        "{err}"
+    );
+    let missing = server.kubectl_fails(&["get", "crd", "gadgets.example.com"], None);
+    assert!(missing.contains("not found"), "{missing}");
 }
