@@ -323,3 +323,64 @@ fn crds_without_structural_schemas_are_refused() {
     let missing = server.kubectl_fails(&["get", "crd", "gadgets.example.com"], None);
     assert!(missing.contains("not found"), "{missing}");
 }
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: cell, image: "cell:1", ports: [{containerPort: 8080}]}
+"#;
+
+#[test]
+fn client_side_objects_move_to_server_side_apply() {
+    let server = Server::start();
+    assert_eq!(
+        server
+            .kubectl_stdin(&["apply", "-f", "-"], Some(DEPLOYMENT))
+            .trim(),
+        "deployment.apps/web created"
+    );
+    // kubectl migrates client-side ownership to its server-side manager: no conflict.
+    let changed = DEPLOYMENT.replace("cell:1", "cell:2");
+    assert_eq!(
+        server
+            .kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&changed))
+            .trim(),
+        "deployment.apps/web serverside-applied"
+    );
+    let web = json(&server.kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]));
+    assert_eq!(
+        web["spec"]["template"]["spec"]["containers"][0]["image"],
+        "cell:2"
+    );
+    assert_eq!(web["metadata"]["generation"], 2);
+    assert!(
+        managers(&web).contains(&pair("kubectl", "Apply")),
+        "{:?}",
+        managers(&web)
+    );
+    // Another manager changing the image conflicts on the list item's field.
+    let err = server.kubectl_fails(
+        &["apply", "--server-side", "--field-manager=ci", "-f", "-"],
+        Some(&DEPLOYMENT.replace("cell:1", "cell:3")),
+    );
+    assert!(
+        err.contains("conflict with \"kubectl\"")
+            && err.contains(".spec.template.spec.containers[name=\"cell\"].image"),
+        "{err}"
+    );
+}

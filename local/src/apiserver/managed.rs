@@ -16,6 +16,8 @@
 //! * The status subresource owns `status` only; the main resource of a kind with a status
 //!   subresource never owns `status`.
 
+use std::collections::BTreeSet;
+
 use cellmesh_apimachinery::field::FieldError;
 use cellmesh_apimachinery::ssa::{self, Writer};
 use cellmesh_apimachinery::status::{self as am_status, GroupKind};
@@ -293,6 +295,29 @@ pub fn check_apply_config(info: &ResourceInfo, config: &Value) -> Result<(), Api
     Ok(())
 }
 
+/// The annotation kubectl's client-side apply keeps its last configuration in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The fields (as conflict paths) that kubectl's client-side apply set and that still
+/// hold the value it set: kubectl's first server-side apply may take them over without a
+/// conflict, as Kubernetes' `lastAppliedManager` allows.
+fn upgradable_fields(live: &Value, ty: TypeRef<'_>, ignored: &[&str]) -> BTreeSet<String> {
+    let Some(last) = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(LAST_APPLIED))
+        .and_then(Value::as_str)
+        .and_then(|text| serde_json::from_str::<Value>(text).ok())
+    else {
+        return BTreeSet::new();
+    };
+    ssa::field_set(&last, ty, ignored)
+        .paths()
+        .iter()
+        .filter(|p| ssa::value_at(&last, p, ty) == ssa::value_at(live, p, ty))
+        .map(|p| ssa::path_string(p))
+        .collect()
+}
+
 /// Server-side apply of `config` onto `live` (`None` creates): the merged object with its
 /// managedFields, or the 409 conflict.
 pub fn apply(
@@ -307,15 +332,29 @@ pub fn apply(
     let objects: Vec<&Value> = base.iter().chain(std::iter::once(config)).collect();
     let ignored = ignored_fields(info, &manager.subresource, &objects);
     let ignored: Vec<&str> = ignored.iter().map(String::as_str).collect();
-    ssa::apply(
-        live,
-        config,
-        manager.writer(),
-        force,
-        type_of(info, schema),
-        &ignored,
-    )
-    .map_err(|conflicts| conflicts.to_api_error().into())
+    let ty = type_of(info, schema);
+    let result = ssa::apply(live, config, manager.writer(), force, ty, &ignored);
+    let conflicts = match (result, live) {
+        (Ok(merged), _) => return Ok(merged),
+        // Only kubectl's own server-side manager upgrades from client-side apply.
+        (Err(conflicts), Some(live)) if manager.name == "kubectl" => {
+            let allowed = upgradable_fields(live, ty, &ignored);
+            let remaining: Vec<ssa::Conflict> = conflicts
+                .conflicts
+                .into_iter()
+                .filter(|c| !allowed.contains(&c.path))
+                .collect();
+            if remaining.is_empty() {
+                return ssa::apply(Some(live), config, manager.writer(), true, ty, &ignored)
+                    .map_err(|c| c.to_api_error().into());
+            }
+            ssa::ApplyConflicts {
+                conflicts: remaining,
+            }
+        }
+        (Err(conflicts), _) => conflicts,
+    };
+    Err(conflicts.to_api_error().into())
 }
 
 /// The managedFields of an object (for carrying an apply's result past preparation).

@@ -155,17 +155,35 @@ impl WriteOptions {
         self.schema.as_ref().map(|s| s.as_value())
     }
 
-    /// Prunes (and, unless it is an apply configuration, defaults) an incoming custom
-    /// resource; returns the unknown-field warnings.
-    fn decode(&self, object: &mut Value, apply_config: bool) -> Result<Vec<String>, ApiError> {
-        let Some(schema) = &self.schema else {
-            return Ok(Vec::new());
-        };
-        let warnings = admission::prune(&self.info, schema, object, self.validation)?;
-        if !apply_config {
-            admission::default(schema, object);
+    /// Prunes the unknown fields of an incoming custom resource (a body, a patched object
+    /// or an apply configuration); returns the unknown-field warnings.
+    fn prune(&self, object: &mut Value) -> Result<Vec<String>, ApiError> {
+        match &self.schema {
+            Some(schema) => admission::prune(&self.info, schema, object, self.validation),
+            None => Ok(Vec::new()),
         }
-        Ok(warnings)
+    }
+
+    /// Defaults an object about to replace the stored one, as Kubernetes defaults every
+    /// decoded object: fields an applier stops applying come back with their defaults
+    /// instead of vanishing. Namespaces are skipped: their creation defaults include the
+    /// `Active` phase, which must not undo `Terminating`; and the status a write carries
+    /// is kept (creation defaults reset it).
+    fn default(&self, object: &mut Value) {
+        match &self.schema {
+            Some(schema) => admission::default(schema, object),
+            None if !(self.info.group.is_empty() && self.info.resource == "namespaces") => {
+                let status = object.get("status").cloned();
+                super::defaults::apply(&self.info, object, "");
+                if let Some(map) = object.as_object_mut() {
+                    match status {
+                        Some(status) => map.insert("status".into(), status),
+                        None => map.remove("status"),
+                    };
+                }
+            }
+            None => {}
+        }
     }
 
     /// The last steps of every write that stores an object: the CRD controller's fields,
@@ -179,9 +197,8 @@ impl WriteOptions {
         applied: Option<Option<Value>>,
     ) -> Result<Outcome, ApiError> {
         let outcome = match outcome {
-            Outcome::Put(mut object) => {
+            Outcome::Put(object) => {
                 if let Some(schema) = &self.schema {
-                    admission::default(schema, &mut object);
                     admission::validate(&self.info, schema, &object, old)?;
                 }
                 Outcome::Put(crd::prepare(&self.info, object))
@@ -521,7 +538,8 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     let options = req.write_options(info, Verb::Create, None)?;
     let stamp = Stamp::fresh();
     crd::validate(req.state, info, &mut body)?;
-    let warnings = options.decode(&mut body, false)?;
+    let warnings = options.prune(&mut body)?;
+    options.default(&mut body);
     let incoming = managed::managed_fields(&body);
     let prepared = objects::prepare_create(info, req.target.namespace.as_deref(), body, &stamp)?;
     let prepared = options.finish(None, Outcome::Put(prepared), incoming.as_ref(), None)?;
@@ -550,10 +568,11 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
 fn update_mutation(
     options: WriteOptions,
     name: String,
-    new: Value,
+    mut new: Value,
     subresource: Option<String>,
 ) -> Mutation {
     Box::new(move |current| {
+        options.default(&mut new);
         let info = &options.info;
         let old = current.ok_or_else(|| ApiError::not_found(&info.group, &info.resource, &name))?;
         let incoming = managed::managed_fields(&new);
@@ -578,7 +597,7 @@ async fn update(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     let subresource = subresource_of_update(req.target.subresource.as_deref());
     let options = req.write_options(info, Verb::Update, subresource.as_deref())?;
     crd::validate(req.state, info, &mut body)?;
-    let warnings = options.decode(&mut body, false)?;
+    let warnings = options.prune(&mut body)?;
     let committed = commit(
         req,
         info,
@@ -611,7 +630,8 @@ async fn patch(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
         let old = current.ok_or_else(|| ApiError::not_found(&info.group, &info.resource, &name))?;
         let mut patched = apply_patch(info, patch_type, old, &body)?;
         crd::validate(&state, info, &mut patched)?;
-        let unknown = options.decode(&mut patched, false)?;
+        let unknown = options.prune(&mut patched)?;
+        options.default(&mut patched);
         if let Ok(mut list) = found.lock() {
             *list = unknown;
         }
@@ -661,7 +681,8 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
     if req.state.store.get(&info.storage_key(), &key).is_none() {
         check_namespace(req, info)?;
     }
-    let warnings = options.decode(&mut config, true)?;
+    // The configuration is pruned but not defaulted: its applier must not own defaults.
+    let warnings = options.prune(&mut config)?;
     let namespace = req.target.namespace.clone();
     let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let was_created = Arc::clone(&created);
@@ -678,6 +699,8 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
                     options.force,
                 )?;
                 let applied = managed::managed_fields(&merged);
+                let mut merged = merged;
+                options.default(&mut merged);
                 let prepared =
                     objects::prepare_create(info, namespace.as_deref(), merged, &Stamp::fresh())?;
                 was_created.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -694,6 +717,8 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
             options.force,
         )?;
         let applied = managed::managed_fields(&merged);
+        let mut merged = merged;
+        options.default(&mut merged);
         let outcome = objects::prepare_update(
             info,
             old,
