@@ -314,7 +314,7 @@ fn upgradable_fields(live: &Value, ty: TypeRef<'_>, ignored: &[&str]) -> BTreeSe
         .paths()
         .iter()
         .filter(|p| ssa::value_at(&last, p, ty) == ssa::value_at(live, p, ty))
-        .map(|p| ssa::path_string(p))
+        .map(ssa::path_string)
         .collect()
 }
 
