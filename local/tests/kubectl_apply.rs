@@ -62,6 +62,24 @@ fn server_side_apply_owns_conflicts_forces_and_removes() {
     );
     let rv = cm["metadata"]["resourceVersion"].clone();
 
+    // `kubectl diff --server-side` (a dry-run apply) shows the change and stores nothing;
+    // so does `--dry-run=server`.
+    let diff = server.kubectl_output(
+        &["diff", "--server-side", "-f", "-"],
+        Some(&configmap("{a: '1', b: '5'}")),
+    );
+    assert_eq!(diff.status.code(), Some(1), "{diff:?}");
+    let shown = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        shown.contains("-  b: \"2\"") && shown.contains("+  b: \"5\""),
+        "{shown}"
+    );
+    server.kubectl_stdin(
+        &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+        Some(&configmap("{a: '1', b: '5'}")),
+    );
+    assert_eq!(get()["data"]["b"], "2");
+
     // Re-applying the same configuration changes nothing.
     server.kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
