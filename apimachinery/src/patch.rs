@@ -80,12 +80,22 @@ impl PatchError {
     }
 }
 
-/// Applies an RFC 6902 JSON patch (a JSON array of operations).
+/// Applies an RFC 6902 JSON patch (a JSON array of operations). As in Kubernetes
+/// (`evanphx/json-patch`), a `test` for `null` passes when the path is absent — kube-rs's
+/// finalizer helper relies on that to add the first finalizer.
 pub fn json_patch(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
     let ops: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Malformed(e.to_string()))?;
     let mut out = doc.clone();
-    json_patch::patch(&mut out, &ops).map_err(|e| PatchError::CannotApply(e.to_string()))?;
+    for op in ops.0 {
+        if let json_patch::PatchOperation::Test(test) = &op
+            && test.value.is_null()
+            && out.pointer(test.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(&mut out, &[op]).map_err(|e| PatchError::CannotApply(e.to_string()))?;
+    }
     Ok(out)
 }
 
@@ -467,6 +477,22 @@ mod tests {
         assert_eq!(err.to_api_error().code(), 422);
         let err = json_patch(&doc, &json!({"op": "add"})).expect_err("not an array");
         assert_eq!(err.to_api_error().code(), 400);
+        // A test for null passes on an absent path (kube-rs adds first finalizers so).
+        let out = json_patch(
+            &doc,
+            &json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}
+            ]),
+        )
+        .expect("test for null on an absent path passes");
+        assert_eq!(out["metadata"]["finalizers"], json!(["f"]));
+        let err = json_patch(
+            &out,
+            &json!([{"op": "test", "path": "/metadata/finalizers", "value": null}]),
+        )
+        .expect_err("a present value is not null");
+        assert!(matches!(err, PatchError::CannotApply(_)));
     }
 
     #[test]

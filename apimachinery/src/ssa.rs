@@ -175,11 +175,19 @@ pub fn path_string(path: &Path) -> String {
 
 // ---------------------------------------------------------------- field sets of values
 
+/// The identity of a list-map item. A missing `protocol` key counts as `"TCP"`: that is
+/// its OpenAPI default in every built-in list keyed by it (container, service and endpoint
+/// ports), and structured-merge-diff fills defaulted keys so that an applied
+/// `{containerPort: 80}` is the same item as the stored, defaulted `{containerPort: 80,
+/// protocol: TCP}`.
 fn key_of(item: &Value, keys: &[String]) -> Option<String> {
-    let m: Map<String, Value> = keys
+    let mut m: Map<String, Value> = keys
         .iter()
         .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
         .collect();
+    if !m.is_empty() && keys.iter().any(|k| k == "protocol") && !m.contains_key("protocol") {
+        m.insert("protocol".into(), Value::from("TCP"));
+    }
     (!m.is_empty()).then(|| canonical(&Value::Object(m)))
 }
 
@@ -266,7 +274,8 @@ pub fn field_set(obj: &Value, ty: TypeRef<'_>, ignored: &[&str]) -> FieldSet {
     FieldSet(out.into_iter().filter(|p| is_tracked(p, ignored)).collect())
 }
 
-fn value_at<'v>(v: &'v Value, path: &[PathElement], ty: TypeRef<'_>) -> Option<&'v Value> {
+/// The value at `path` in `v` (list-map items found by their keys), if present.
+pub fn value_at<'v>(v: &'v Value, path: &[PathElement], ty: TypeRef<'_>) -> Option<&'v Value> {
     let Some((first, rest)) = path.split_first() else {
         return Some(v);
     };
@@ -824,6 +833,33 @@ mod tests {
         assert_eq!(
             fin.to_fields_v1(),
             json!({"f:metadata": {"f:finalizers": {"v:\"a/b\"": {}}}})
+        );
+    }
+
+    #[test]
+    fn defaulted_protocol_keys_match_applied_ports() {
+        let ports = |p: Value| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                   "spec": {"template": {"spec": {"containers": [{"name": "c", "ports": p}]}}}})
+        };
+        let live = ports(json!([{"containerPort": 80, "protocol": "TCP"}]));
+        let config = ports(json!([{"containerPort": 80, "name": "http"}]));
+        let w = Writer {
+            manager: "m",
+            api_version: "apps/v1",
+            time: "t",
+            subresource: "",
+        };
+        let out = apply(Some(&live), &config, w, false, deploy(), &[]).expect("applies");
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["ports"],
+            json!([{"containerPort": 80, "protocol": "TCP", "name": "http"}])
+        );
+        let fields = &out["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]
+            ["f:containers"]["k:{\"name\":\"c\"}"]["f:ports"];
+        assert!(
+            fields["k:{\"containerPort\":80,\"protocol\":\"TCP\"}"].is_object(),
+            "{fields}"
         );
     }
 

@@ -196,6 +196,13 @@ fn validate_definition(crd: &Value) -> Result<(), ApiError> {
             ));
         }
     }
+    for (i, version) in versions.iter().enumerate() {
+        let path = format!("spec.versions[{i}].schema.openAPIV3Schema");
+        match version.pointer("/schema/openAPIV3Schema") {
+            Some(schema) => structural_errors(schema, &path, true, &mut errors),
+            None => errors.push(FieldError::required(&path, "schemas are required")),
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
@@ -205,6 +212,89 @@ fn validate_definition(crd: &Value) -> Result<(), ApiError> {
             name,
             &errors,
         ))
+    }
+}
+
+fn flag(schema: &Value, name: &str) -> bool {
+    schema.get(name).and_then(Value::as_bool) == Some(true)
+}
+
+/// The structural-schema rules of apiextensions (`ValidateStructural`) that matter for
+/// serving: every node has a type (unless it is int-or-string or preserves unknown
+/// fields), the root is an object, arrays have items, and `properties` and
+/// `additionalProperties` are exclusive. Paths and wording are Kubernetes'.
+fn structural_errors(schema: &Value, path: &str, root: bool, errors: &mut Vec<FieldError>) {
+    let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+    if root && ty != "object" {
+        errors.push(FieldError::invalid(
+            &format!("{path}.type"),
+            &json!(ty),
+            "must be object at the root",
+        ));
+    }
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+        if schema
+            .get("additionalProperties")
+            .is_some_and(|a| a != &Value::Bool(false))
+        {
+            errors.push(FieldError {
+                field: format!("{path}.additionalProperties"),
+                reason: "FieldValueForbidden",
+                kind: "Forbidden",
+                detail: "additionalProperties and properties are mutual exclusive".into(),
+            });
+        }
+        for (name, child) in properties {
+            let child_path = format!("{path}.properties[{name}]");
+            check_typed(
+                child,
+                &child_path,
+                "must not be empty for specified object fields",
+                errors,
+            );
+            structural_errors(child, &child_path, false, errors);
+        }
+    }
+    if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        let child_path = format!("{path}.additionalProperties");
+        check_typed(
+            additional,
+            &child_path,
+            "must not be empty for specified object fields",
+            errors,
+        );
+        structural_errors(additional, &child_path, false, errors);
+    }
+    if ty == "array" {
+        match schema.get("items") {
+            Some(items) => {
+                let child_path = format!("{path}.items");
+                check_typed(
+                    items,
+                    &child_path,
+                    "must not be empty for specified array items",
+                    errors,
+                );
+                structural_errors(items, &child_path, false, errors);
+            }
+            None => errors.push(FieldError::required(
+                &format!("{path}.items"),
+                "must be specified",
+            )),
+        }
+    }
+}
+
+fn check_typed(schema: &Value, path: &str, detail: &str, errors: &mut Vec<FieldError>) {
+    let typed = schema
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| !t.is_empty());
+    if !typed
+        && !flag(schema, "x-kubernetes-int-or-string")
+        && !flag(schema, "x-kubernetes-preserve-unknown-fields")
+    {
+        errors.push(FieldError::required(&format!("{path}.type"), detail));
     }
 }
 
@@ -379,7 +469,8 @@ mod tests {
                     "schema": {"openAPIV3Schema": {"type": "object"}},
                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
                     "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]
-                }, {"name": "v0", "served": false, "storage": false}]
+                }, {"name": "v0", "served": false, "storage": false,
+                   "schema": {"openAPIV3Schema": {"type": "object"}}}]
             }
         })
     }
@@ -424,6 +515,39 @@ mod tests {
         let err = validate_definition(&wrong_name).unwrap_err();
         assert_eq!(err.code, 422);
         assert!(err.message.contains("metadata.name"), "{}", err.message);
+        let mut untyped = crd();
+        untyped["spec"]["versions"][0]["schema"]["openAPIV3Schema"] = json!({
+            "type": "object",
+            "properties": {"spec": {"properties": {"size": {"type": "integer"}}},
+                           "tags": {"type": "array"},
+                           "any": {"x-kubernetes-preserve-unknown-fields": true}}
+        });
+        let err = validate_definition(&untyped).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(
+            err.message.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].type: Required value: must not be empty for specified object fields"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("spec.versions[0].schema.openAPIV3Schema.properties[tags].items: Required value: must be specified"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("properties[any]"), "{}", err.message);
+        let mut no_schema = crd();
+        no_schema["spec"]["versions"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("schema");
+        assert!(
+            validate_definition(&no_schema)
+                .unwrap_err()
+                .message
+                .contains(
+                    "spec.versions[0].schema.openAPIV3Schema: Required value: schemas are required"
+                )
+        );
         let mut no_storage = crd();
         no_storage["spec"]["versions"][0]["storage"] = json!(false);
         assert!(

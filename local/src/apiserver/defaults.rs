@@ -1,4 +1,4 @@
-//! Defaulting of built-in kinds on create, as Kubernetes' defaulters and registry strategies
+//! Defaulting of built-in kinds on every write (create, update, patch, apply), as Kubernetes' defaulters and registry strategies
 //! do it, so objects read back look like a real cluster's (kubectl's columns, `-o yaml`
 //! diffs and controllers depend on these fields being present).
 
@@ -205,11 +205,16 @@ fn deployment(object: &mut Value) {
     let Some(map) = obj(object) else { return };
     if let Some(spec) = child(map, "spec") {
         default_field(spec, "replicas", json!(1));
-        default_field(
-            spec,
-            "strategy",
-            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-        );
+        // Field by field, as Kubernetes' defaulter: an update may carry a partial strategy.
+        if let Some(strategy) = child(spec, "strategy") {
+            default_field(strategy, "type", json!("RollingUpdate"));
+            if strategy.get("type") == Some(&json!("RollingUpdate"))
+                && let Some(rolling) = child(strategy, "rollingUpdate")
+            {
+                default_field(rolling, "maxUnavailable", json!("25%"));
+                default_field(rolling, "maxSurge", json!("25%"));
+            }
+        }
         default_field(spec, "revisionHistoryLimit", json!(10));
         default_field(spec, "progressDeadlineSeconds", json!(600));
         template_defaults(spec);
@@ -296,6 +301,15 @@ mod tests {
         );
         assert_eq!(d["spec"]["replicas"], 1);
         assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+        let partial = defaulted(
+            "apps",
+            "deployments",
+            json!({"spec": {"strategy": {"rollingUpdate": {}}, "template": {"spec": {"containers": []}}}}),
+        );
+        assert_eq!(
+            partial["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
         assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
         let ns = defaulted("", "namespaces", json!({"metadata": {"name": "team"}}));
         assert_eq!(

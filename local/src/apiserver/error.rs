@@ -106,7 +106,8 @@ impl ApiError {
         Self::new(400, "BadRequest", message)
     }
 
-    /// 422 Invalid with field causes: `The Kind "name" is invalid: field: Type: detail`.
+    /// 422 Invalid with field causes: `Kind.group "name" is invalid: field: Type: detail`
+    /// (kubectl prints it as `The Kind "name" is invalid: …`).
     pub fn invalid(group: &str, kind: &str, name: &str, causes: &[FieldError]) -> Self {
         let summary = causes.iter().map(FieldError::to_string).collect::<Vec<_>>();
         let summary = if summary.len() == 1 {
@@ -129,7 +130,10 @@ impl ApiError {
         Self::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {summary}"),
+            format!(
+                "{} \"{name}\" is invalid: {summary}",
+                qualified(group, kind)
+            ),
         )
         .with_details(details)
     }
@@ -327,6 +331,12 @@ mod tests {
         assert_eq!(
             two.message,
             "Pod \"p\" is invalid: [a: Required value: x, b: Invalid value: 1: y]"
+        );
+        let grouped =
+            ApiError::invalid("apps", "Deployment", "d", &[FieldError::required("a", "x")]);
+        assert_eq!(
+            grouped.message,
+            "Deployment.apps \"d\" is invalid: a: Required value: x"
         );
     }
 }

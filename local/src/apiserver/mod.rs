@@ -6,6 +6,7 @@
 //! in [`store`] (durable before acknowledged); [`rest`] implements the generic resource
 //! verbs; [`discovery`] the discovery documents; [`watch`] the watch streams.
 
+mod admission;
 mod auth;
 mod authz;
 mod crd;
@@ -13,6 +14,7 @@ mod defaults;
 mod discovery;
 pub mod error;
 mod machinery;
+mod managed;
 mod objects;
 mod openapi;
 mod path;

@@ -12,8 +12,10 @@ use http::{HeaderMap, Method, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::admission::{self, FieldValidation};
 use super::error::ApiError;
 use super::machinery::{Filter, PatchType, apply_patch};
+use super::managed::{self, Manager, Verb};
 use super::objects::{self, DeleteOptions, Stamp};
 use super::path::Target;
 use super::registry::ResourceInfo;
@@ -40,6 +42,9 @@ pub struct Query {
     pub propagation_policy: Option<String>,
     pub grace_period_seconds: Option<String>,
     pub include_object: Option<String>,
+    pub field_manager: Option<String>,
+    pub field_validation: Option<String>,
+    pub force: Option<String>,
 }
 
 pub fn is_true(value: Option<&str>) -> bool {
@@ -94,6 +99,132 @@ impl Request<'_> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
+
+    fn user_agent(&self) -> &str {
+        self.headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The field manager, `force` and `fieldValidation` of a write, validated.
+    fn write_options(
+        &self,
+        info: &ResourceInfo,
+        verb: Verb,
+        subresource: Option<&str>,
+    ) -> Result<WriteOptions, ApiError> {
+        let (manager, force) = Manager::from_request(
+            verb,
+            self.query.field_manager.as_deref(),
+            self.query.force.as_deref(),
+            self.user_agent(),
+            info,
+            subresource,
+            &objects::now_rfc3339(),
+        )?;
+        let options_kind = match verb {
+            Verb::Create => "CreateOptions",
+            Verb::Update => "UpdateOptions",
+            Verb::Patch | Verb::Apply => "PatchOptions",
+        };
+        let validation =
+            FieldValidation::parse(self.query.field_validation.as_deref(), options_kind)?;
+        Ok(WriteOptions {
+            info: info.clone(),
+            schema: admission::schema_for(self.state, info),
+            manager,
+            force,
+            validation,
+        })
+    }
+}
+
+/// What every write needs besides the object: who writes, how strictly, and the custom
+/// resource schema (if any), fetched before the store's mutation runs.
+struct WriteOptions {
+    info: ResourceInfo,
+    schema: Option<cellmesh_apimachinery::schema::CrdSchema>,
+    manager: Manager,
+    force: bool,
+    validation: FieldValidation,
+}
+
+impl WriteOptions {
+    fn schema_value(&self) -> Option<&Value> {
+        self.schema.as_ref().map(|s| s.as_value())
+    }
+
+    /// Prunes the unknown fields of an incoming custom resource (a body, a patched object
+    /// or an apply configuration); returns the unknown-field warnings.
+    fn prune(&self, object: &mut Value) -> Result<Vec<String>, ApiError> {
+        match &self.schema {
+            Some(schema) => admission::prune(&self.info, schema, object, self.validation),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Defaults an object about to replace the stored one, as Kubernetes defaults every
+    /// decoded object: fields an applier stops applying come back with their defaults
+    /// instead of vanishing. Namespaces are skipped: their creation defaults include the
+    /// `Active` phase, which must not undo `Terminating`; and the status a write carries
+    /// is kept (creation defaults reset it).
+    fn default(&self, object: &mut Value) {
+        match &self.schema {
+            Some(schema) => admission::default(schema, object),
+            None if !(self.info.group.is_empty() && self.info.resource == "namespaces") => {
+                let status = object.get("status").cloned();
+                super::defaults::apply(&self.info, object, "");
+                if let Some(map) = object.as_object_mut() {
+                    match status {
+                        Some(status) => map.insert("status".into(), status),
+                        None => map.remove("status"),
+                    };
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The last steps of every write that stores an object: the CRD controller's fields,
+    /// custom resource validation, and ownership (`managed`: an apply's result, else the
+    /// update is recorded from `incoming`, the managedFields the client sent).
+    fn finish(
+        &self,
+        old: Option<&Value>,
+        outcome: Outcome,
+        incoming: Option<&Value>,
+        applied: Option<Option<Value>>,
+    ) -> Result<Outcome, ApiError> {
+        let outcome = match outcome {
+            Outcome::Put(object) => {
+                if let Some(schema) = &self.schema {
+                    admission::validate(&self.info, schema, &object, old)?;
+                }
+                Outcome::Put(crd::prepare(&self.info, object))
+            }
+            other => other,
+        };
+        Ok(match applied {
+            Some(managed) => managed::with_managed_fields(outcome, managed.as_ref()),
+            None => managed::record_update(
+                &self.info,
+                self.schema_value(),
+                &self.manager,
+                old,
+                incoming,
+                outcome,
+            ),
+        })
+    }
+}
+
+/// Adds `Warning` headers to a response.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for value in admission::warning_headers(warnings) {
+        response.headers_mut().append(header::WARNING, value);
+    }
+    response
 }
 
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
@@ -405,10 +536,17 @@ async fn commit(
 async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
     let mut body = decode_body(req.content_type(), &req.body)?;
     check_namespace(req, info)?;
+    let options = req.write_options(info, Verb::Create, None)?;
     let stamp = Stamp::fresh();
     crd::validate(req.state, info, &mut body)?;
+    let warnings = options.prune(&mut body)?;
+    options.default(&mut body);
+    let incoming = managed::managed_fields(&body);
     let prepared = objects::prepare_create(info, req.target.namespace.as_deref(), body, &stamp)?;
-    let prepared = crd::prepare(info, prepared);
+    let prepared = options.finish(None, Outcome::Put(prepared), incoming.as_ref(), None)?;
+    let Outcome::Put(prepared) = prepared else {
+        return Err(ApiError::internal("a create must store an object"));
+    };
     let name = objects::name_of(&prepared).to_owned();
     let key = key_of(info, req.target.namespace.as_deref(), &name);
     let (group, resource) = (info.group.clone(), info.resource.clone());
@@ -422,28 +560,25 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
         }),
     )
     .await?;
-    Ok(respond_object(
-        req,
-        info,
-        StatusCode::CREATED,
-        &committed.object,
+    Ok(with_warnings(
+        respond_object(req, info, StatusCode::CREATED, &committed.object),
+        &warnings,
     ))
 }
 
 fn update_mutation(
-    info: &ResourceInfo,
+    options: WriteOptions,
     name: String,
-    new: Value,
+    mut new: Value,
     subresource: Option<String>,
 ) -> Mutation {
-    let info = info.clone();
     Box::new(move |current| {
+        options.default(&mut new);
+        let info = &options.info;
         let old = current.ok_or_else(|| ApiError::not_found(&info.group, &info.resource, &name))?;
-        let outcome = objects::prepare_update(&info, old, new, subresource.as_deref())?;
-        Ok(match outcome {
-            Outcome::Put(object) => Outcome::Put(crd::prepare(&info, object)),
-            other => other,
-        })
+        let incoming = managed::managed_fields(&new);
+        let outcome = objects::prepare_update(info, old, new, subresource.as_deref())?;
+        options.finish(Some(old), outcome, incoming.as_ref(), None)
     })
 }
 
@@ -460,44 +595,149 @@ async fn update(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     let mut body = decode_body(req.content_type(), &req.body)?;
     let name = req.target.name.clone().unwrap_or_default();
     let key = key_of(info, req.target.namespace.as_deref(), &name);
+    let subresource = subresource_of_update(req.target.subresource.as_deref());
+    let options = req.write_options(info, Verb::Update, subresource.as_deref())?;
     crd::validate(req.state, info, &mut body)?;
+    let warnings = options.prune(&mut body)?;
     let committed = commit(
         req,
         info,
         &key,
-        update_mutation(
-            info,
-            name,
-            body,
-            subresource_of_update(req.target.subresource.as_deref()),
-        ),
+        update_mutation(options, name, body, subresource),
     )
     .await?;
-    Ok(respond_object(req, info, StatusCode::OK, &committed.object))
+    Ok(with_warnings(
+        respond_object(req, info, StatusCode::OK, &committed.object),
+        &warnings,
+    ))
 }
 
 async fn patch(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
     let patch_type = PatchType::from_content_type(req.content_type())
         .ok_or_else(|| ApiError::unsupported_media_type(req.content_type()))?;
+    if patch_type == PatchType::Apply {
+        return apply(req, info).await;
+    }
     let name = req.target.name.clone().unwrap_or_default();
     let key = key_of(info, req.target.namespace.as_deref(), &name);
     let subresource = subresource_of_update(req.target.subresource.as_deref());
+    let options = req.write_options(info, Verb::Patch, subresource.as_deref())?;
     let body = req.body.clone();
-    let info_owned = info.clone();
     let state = req.state.clone();
+    let warnings = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let found = Arc::clone(&warnings);
     let mutation: Mutation = Box::new(move |current| {
-        let info = info_owned;
+        let info = &options.info;
         let old = current.ok_or_else(|| ApiError::not_found(&info.group, &info.resource, &name))?;
-        let mut patched = apply_patch(&info, patch_type, old, &body)?;
-        crd::validate(&state, &info, &mut patched)?;
-        let outcome = objects::prepare_update(&info, old, patched, subresource.as_deref())?;
-        Ok(match outcome {
-            Outcome::Put(object) => Outcome::Put(crd::prepare(&info, object)),
-            other => other,
-        })
+        let mut patched = apply_patch(info, patch_type, old, &body)?;
+        crd::validate(&state, info, &mut patched)?;
+        let unknown = options.prune(&mut patched)?;
+        options.default(&mut patched);
+        if let Ok(mut list) = found.lock() {
+            *list = unknown;
+        }
+        let incoming = managed::managed_fields(&patched);
+        let outcome = objects::prepare_update(info, old, patched, subresource.as_deref())?;
+        options.finish(Some(old), outcome, incoming.as_ref(), None)
     });
     let committed = commit(req, info, &key, mutation).await?;
-    Ok(respond_object(req, info, StatusCode::OK, &committed.object))
+    let warnings = warnings.lock().map(|w| w.clone()).unwrap_or_default();
+    Ok(with_warnings(
+        respond_object(req, info, StatusCode::OK, &committed.object),
+        &warnings,
+    ))
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): merges the configuration into the
+/// live object, or creates it (201) when there is none.
+async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
+    let subresource = subresource_of_update(req.target.subresource.as_deref());
+    let options = req.write_options(info, Verb::Apply, subresource.as_deref())?;
+    let mut config: Value = serde_yaml::from_slice(&req.body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the apply configuration must be an object",
+        ));
+    }
+    managed::check_apply_config(info, &config)?;
+    let name = req.target.name.clone().unwrap_or_default();
+    match objects::meta_str(&config, "name") {
+        Some(given) if !given.is_empty() && given != name => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({given}) does not match the name on the URL ({name})"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            if let Some(map) = config.as_object_mut() {
+                let meta = map.entry("metadata").or_insert_with(|| json!({}));
+                if let Some(meta) = meta.as_object_mut() {
+                    meta.insert("name".into(), json!(name));
+                }
+            }
+        }
+    }
+    let key = key_of(info, req.target.namespace.as_deref(), &name);
+    if req.state.store.get(&info.storage_key(), &key).is_none() {
+        check_namespace(req, info)?;
+    }
+    // The configuration is pruned but not defaulted: its applier must not own defaults.
+    let warnings = options.prune(&mut config)?;
+    let namespace = req.target.namespace.clone();
+    let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let was_created = Arc::clone(&created);
+    let mutation: Mutation = Box::new(move |current| {
+        let info = &options.info;
+        let Some(old) = current else {
+            if options.manager.subresource.is_empty() {
+                let merged = managed::apply(
+                    info,
+                    options.schema_value(),
+                    &options.manager,
+                    None,
+                    &config,
+                    options.force,
+                )?;
+                let applied = managed::managed_fields(&merged);
+                let mut merged = merged;
+                options.default(&mut merged);
+                let prepared =
+                    objects::prepare_create(info, namespace.as_deref(), merged, &Stamp::fresh())?;
+                was_created.store(true, std::sync::atomic::Ordering::Relaxed);
+                return options.finish(None, Outcome::Put(prepared), None, Some(applied));
+            }
+            return Err(ApiError::not_found(&info.group, &info.resource, &name));
+        };
+        let merged = managed::apply(
+            info,
+            options.schema_value(),
+            &options.manager,
+            Some(old),
+            &config,
+            options.force,
+        )?;
+        let applied = managed::managed_fields(&merged);
+        let mut merged = merged;
+        options.default(&mut merged);
+        let outcome = objects::prepare_update(
+            info,
+            old,
+            merged,
+            Some(options.manager.subresource.as_str()).filter(|s| !s.is_empty()),
+        )?;
+        options.finish(Some(old), outcome, None, Some(applied))
+    });
+    let committed = commit(req, info, &key, mutation).await?;
+    let code = if created.load(std::sync::atomic::Ordering::Relaxed) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(with_warnings(
+        respond_object(req, info, code, &committed.object),
+        &warnings,
+    ))
 }
 
 /// Produces the desired Scale from the current one.
@@ -613,17 +853,19 @@ fn set_replicas(info: &ResourceInfo, old: &Value, scale: &Value) -> Result<Value
 async fn scale_with(
     req: &Request<'_>,
     info: &ResourceInfo,
+    verb: Verb,
     make_scale: ScaleEdit,
 ) -> Result<Response, ApiError> {
     let name = req.target.name.clone().unwrap_or_default();
     let key = key_of(info, req.target.namespace.as_deref(), &name);
-    let info_owned = info.clone();
+    let options = req.write_options(info, verb, Some("scale"))?;
     let mutation: Mutation = Box::new(move |current| {
-        let info = info_owned;
+        let info = &options.info;
         let old = current.ok_or_else(|| ApiError::not_found(&info.group, &info.resource, &name))?;
-        let scale = make_scale(&scale_of(&info, old))?;
-        let new = set_replicas(&info, old, &scale)?;
-        objects::prepare_update(&info, old, new, None)
+        let scale = make_scale(&scale_of(info, old))?;
+        let new = set_replicas(info, old, &scale)?;
+        let outcome = objects::prepare_update(info, old, new, None)?;
+        options.finish(Some(old), outcome, None, None)
     });
     let committed = commit(req, info, &key, mutation).await?;
     Ok(json_response(
@@ -634,7 +876,7 @@ async fn scale_with(
 
 async fn update_scale(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
     let body = decode_body(req.content_type(), &req.body)?;
-    scale_with(req, info, Box::new(move |_| Ok(body))).await
+    scale_with(req, info, Verb::Update, Box::new(move |_| Ok(body))).await
 }
 
 async fn patch_scale(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiError> {
@@ -651,6 +893,7 @@ async fn patch_scale(req: &Request<'_>, info: &ResourceInfo) -> Result<Response,
     scale_with(
         req,
         info,
+        Verb::Patch,
         Box::new(move |scale| apply_patch(&scale_info, patch_type, scale, &body)),
     )
     .await
