@@ -1,0 +1,104 @@
+//! The REST transport: `GET`/`POST` on the service's path with µBench's semantics, and
+//! `/metrics`. Built by [`router`], so tests drive it without a socket.
+//!
+//! Success: `200 text/plain` with the internal function's body. Failure: the status of the
+//! [`CellError`] (400 bad trace, 500 internal, 502 downstream failed, 503 shutting down,
+//! 504 downstream timeout) with `{"error": …, "service": …, "reason": …}`. Trace headers
+//! are copied onto every response.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+
+use crate::app::App;
+use crate::headers::TraceHeaders;
+use crate::metrics::{self, Endpoint};
+use crate::service::{CellError, CellRequest, Work};
+
+/// Largest POST trace accepted, in bytes.
+pub const MAX_TRACE_BYTES: usize = 16 << 20;
+
+/// The main port's routes: the service path and `/metrics`.
+pub fn router(app: Arc<App>) -> Router {
+    let path = app.cell.spec().path().to_owned();
+    Router::new()
+        .route(&path, get(serve_get).post(serve_post))
+        .route("/metrics", get(serve_metrics))
+        .with_state(app)
+}
+
+async fn serve_get(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, _body) = request.into_parts();
+    respond(&app, Endpoint::RestGet, &parts, Work::Stochastic).await
+}
+
+async fn serve_post(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_TRACE_BYTES).await {
+        Ok(bytes) => respond(&app, Endpoint::RestPost, &parts, Work::TraceJson(bytes)).await,
+        Err(error) => {
+            let error = CellError::BadRequest(format!(
+                "cannot read the POST body (at most {MAX_TRACE_BYTES} bytes): {error}"
+            ));
+            app.cell
+                .metrics()
+                .endpoint(Endpoint::RestPost)
+                .count(error.http_status());
+            let mut response = error_response(&error);
+            TraceHeaders::from_headers(&parts.headers).apply(response.headers_mut());
+            response
+        }
+    }
+}
+
+async fn respond(app: &App, endpoint: Endpoint, parts: &Parts, work: Work) -> Response {
+    let headers = TraceHeaders::from_headers(&parts.headers);
+    let result = app
+        .cell
+        .handle(CellRequest {
+            endpoint,
+            query: parts.uri.query(),
+            work,
+            headers: &headers,
+        })
+        .await;
+    let mut response = match result {
+        Ok(body) => {
+            let mut response = Response::new(Body::from(body));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        }
+        Err(error) => error_response(&error),
+    };
+    headers.apply(response.headers_mut());
+    response
+}
+
+fn error_response(error: &CellError) -> Response {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        error.to_json(),
+    )
+        .into_response()
+}
+
+/// `/metrics` in the OpenMetrics text format.
+pub async fn serve_metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        app.cell.metrics().encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,21 @@
+//! `cellmesh-cell`: a fast, µBench-compatible service cell.
+//!
+//! Layers, from the outside in: [`server`] (process wiring, signals) → transports [`http`]
+//! (axum), [`grpc`] (tonic) and [`admin`] → [`service`] (transport-free request handling:
+//! admission, internal function, downstream calls) → [`plan`], [`trace`], [`functions`],
+//! [`downstream`], [`metrics`].
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod downstream;
+pub mod functions;
+pub mod grpc;
+pub mod headers;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod trace;
