@@ -4,3 +4,5 @@
 
 pub mod mubench;
 pub mod service;
+pub mod pipeline;
+pub mod profile;
