@@ -1,8 +1,10 @@
 //! cellmesh's schemas, one source of truth: the cell's service spec (µBench's workmodel
-//! format, camelCase with µBench's snake_case keys accepted) and, later, the CRD types.
+//! format, camelCase with µBench's snake_case keys accepted), the engine's Profile and
+//! pipeline, and the custom resources built from them ([`crd`]).
 //! This crate does no I/O.
 
+pub mod crd;
 pub mod mubench;
-pub mod service;
 pub mod pipeline;
 pub mod profile;
+pub mod service;
