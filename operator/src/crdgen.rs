@@ -8,7 +8,8 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// The first line of every generated file.
-pub const HEADER: &str = "# Generated from the Rust types in api/src/crd by `cargo xtask crdgen`; do not edit.\n";
+pub const HEADER: &str =
+    "# Generated from the Rust types in api/src/crd by `cargo xtask crdgen`; do not edit.\n";
 
 /// One generated manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -91,8 +91,15 @@ pub fn import_mubench(
         .services
         .into_iter()
         .map(|(service, mut spec)| {
-            if spec.url.as_deref().is_some_and(|url| is_deployer_url(&service, url)) {
-                dropped_urls.push(format!("{service} ({})", spec.url.take().unwrap_or_default()));
+            if spec
+                .url
+                .as_deref()
+                .is_some_and(|url| is_deployer_url(&service, url))
+            {
+                dropped_urls.push(format!(
+                    "{service} ({})",
+                    spec.url.take().unwrap_or_default()
+                ));
             }
             if spec.path.as_deref() == Some(DEFAULT_PATH) {
                 spec.path = None;
@@ -180,7 +187,9 @@ fn checked_name(field: &'static str, value: &str, max: usize) -> Result<String, 
             "must be 1 to 253 characters"
         }));
     }
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (max > 63 && c == '.');
+    let allowed = |c: char| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (max > 63 && c == '.')
+    };
     if !value.chars().all(allowed) {
         return Err(bad("use lower-case letters, digits and '-' only"));
     }
@@ -215,13 +224,23 @@ mod tests {
         assert_eq!(wm.spec.services["s0"].spec.url, None);
         assert_eq!(wm.spec.services["s0"].spec.path, None);
         // A URL that is not the deployer's own stays: it points outside the mesh.
-        assert_eq!(wm.spec.services["s1"].spec.url.as_deref(), Some("db.example.com:8080"));
+        assert_eq!(
+            wm.spec.services["s1"].spec.url.as_deref(),
+            Some("db.example.com:8080")
+        );
         assert_eq!(imported.notes.len(), 2, "{:?}", imported.notes);
-        assert!(imported.notes[0].contains("s0.image"), "{:?}", imported.notes);
+        assert!(
+            imported.notes[0].contains("s0.image"),
+            "{:?}",
+            imported.notes
+        );
         assert!(imported.notes[1].contains("s0 (s0.default.svc.cluster.local)"));
         let yaml = to_yaml(wm, "workmodel-chain.json").unwrap();
         assert!(yaml.starts_with("# Imported from the µBench workmodel workmodel-chain.json"));
-        assert!(yaml.contains("kind: WorkModel") && yaml.contains("computePi:"), "{yaml}");
+        assert!(
+            yaml.contains("kind: WorkModel") && yaml.contains("computePi:"),
+            "{yaml}"
+        );
         assert!(!yaml.contains("status"), "{yaml}");
     }
 
@@ -233,13 +252,23 @@ mod tests {
             &ImportOptions::default(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("`s9` is not a service of this mesh"), "{err}");
-        for (name, reason) in [("Shop", "lower-case"), ("-x", "start and end"), ("", "1 to 253")] {
+        assert!(
+            err.to_string()
+                .contains("`s9` is not a service of this mesh"),
+            "{err}"
+        );
+        for (name, reason) in [
+            ("Shop", "lower-case"),
+            ("-x", "start and end"),
+            ("", "1 to 253"),
+        ] {
             let options = ImportOptions {
                 name: Some(name.into()),
                 namespace: None,
             };
-            let err = import_mubench(CHAIN, "w.json", &options).unwrap_err().to_string();
+            let err = import_mubench(CHAIN, "w.json", &options)
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("--name") && err.contains(reason), "{err}");
         }
         let err = import_mubench(CHAIN, "---.json", &ImportOptions::default()).unwrap_err();
@@ -248,8 +277,14 @@ mod tests {
 
     #[test]
     fn names_come_from_file_names() {
-        assert_eq!(name_from_file("workmodel.json").as_deref(), Some("workmodel"));
-        assert_eq!(name_from_file("/a/workmodel-serial-2services.json").as_deref(), Some("serial-2services"));
+        assert_eq!(
+            name_from_file("workmodel.json").as_deref(),
+            Some("workmodel")
+        );
+        assert_eq!(
+            name_from_file("/a/workmodel-serial-2services.json").as_deref(),
+            Some("serial-2services")
+        );
         assert_eq!(name_from_file("My_Mesh.yaml").as_deref(), Some("my-mesh"));
         assert!(is_deployer_url("s0", "s0.ns.svc"));
         assert!(!is_deployer_url("s0", "s01.ns.svc.cluster.local"));

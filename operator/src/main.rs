@@ -79,11 +79,16 @@ fn import_mubench(
 ) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let file_name = file
-        .file_name()
-        .map_or_else(|| file.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let imported = import::import_mubench(&text, &file_name, &import::ImportOptions { name, namespace })
-        .with_context(|| format!("cannot import {}", file.display()))?;
+    let file_name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let imported = import::import_mubench(
+        &text,
+        &file_name,
+        &import::ImportOptions { name, namespace },
+    )
+    .with_context(|| format!("cannot import {}", file.display()))?;
     for note in &imported.notes {
         eprintln!("note: {note}");
     }

@@ -19,6 +19,9 @@ pub const DEFAULT_REPLICAS: u32 = 1;
 
 /// One application: cellmesh's cell running a pipeline of stages, as a Deployment and a
 /// Service.
+// Each `printcolumn(...)` repeats `name`/`type_`/`json_path`: one column per list, not
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "cellmesh.io",
@@ -51,12 +54,12 @@ pub const DEFAULT_REPLICAS: u32 = 1;
         json_path = ".status.readyReplicas",
         description = "Ready pods"
     ),
+    printcolumn(name = "Profile", type_ = "string", json_path = ".spec.profileRef"),
     printcolumn(
-        name = "Profile",
-        type_ = "string",
-        json_path = ".spec.profileRef"
-    ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AppSpec {
@@ -161,7 +164,11 @@ mod tests {
             json!({"switch": {"on": "/kind", "cases": {"a": {"function": "echo"}}}}),
         ] {
             let app = app(pipeline.clone());
-            assert_eq!(cel_messages(app.validate_cel()), Vec::<String>::new(), "{pipeline}");
+            assert_eq!(
+                cel_messages(app.validate_cel()),
+                Vec::<String>::new(),
+                "{pipeline}"
+            );
         }
     }
 

@@ -160,7 +160,9 @@ pub(crate) mod test_support {
         match map.get("type").and_then(Value::as_str) {
             Some("array") if !map.contains_key("maxItems") => out.push(format!("{path}: maxItems")),
             Some("object")
-                if map.get("additionalProperties").is_some_and(Value::is_object)
+                if map
+                    .get("additionalProperties")
+                    .is_some_and(Value::is_object)
                     && !map.contains_key("maxProperties") =>
             {
                 out.push(format!("{path}: maxProperties"))
@@ -189,7 +191,10 @@ pub(crate) mod test_support {
                 "[]" => &at["items"],
                 name => &at["properties"][name],
             };
-            assert!(!at.is_null(), "no schema node at {path} (stopped at {part})");
+            assert!(
+                !at.is_null(),
+                "no schema node at {path} (stopped at {part})"
+            );
         }
         at
     }

@@ -22,6 +22,9 @@ use crate::profile::ProfileSpec;
 /// How cellmesh's cells execute requests: isolation, worker pool bounds, admission limits
 /// and timeouts. Apps and WorkModel services name a Profile in `profileRef`; running cells
 /// pick up a change without restarting.
+// Each `printcolumn(...)` repeats `name`/`type_`/`json_path`: one column per list, not
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "cellmesh.io",
@@ -51,7 +54,11 @@ use crate::profile::ProfileSpec;
         json_path = ".spec.queueLimit",
         description = "Most waiting requests per pod"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(transparent)]
 pub struct ProfileResourceSpec(#[schemars(schema_with = "spec_schema")] pub ProfileSpec);
@@ -230,10 +237,19 @@ mod tests {
         // kube's structural rewrite empties the branches; the checks must sit beside them.
         assert_eq!(pool_limit["x-kubernetes-int-or-string"], true);
         assert_eq!(pool_limit["anyOf"].as_array().map(Vec::len), Some(2));
-        assert!(pool_limit["anyOf"].as_array().unwrap().iter().all(|b| b.get("type").is_none()));
+        assert!(
+            pool_limit["anyOf"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b.get("type").is_none())
+        );
         assert_eq!(pool_limit["minimum"].as_f64(), Some(1.0));
         assert_eq!(pool_limit["pattern"], "^(auto|[1-9][0-9]*)$");
         assert!(pool_limit["description"].as_str().unwrap().contains("auto"));
-        assert_eq!(node(&schema, "spec.concurrency")["minimum"].as_f64(), Some(1.0));
+        assert_eq!(
+            node(&schema, "spec.concurrency")["minimum"].as_f64(),
+            Some(1.0)
+        );
     }
 }

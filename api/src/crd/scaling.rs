@@ -88,6 +88,9 @@ impl Resource {
 
 /// Resizes the CPU and memory of running pods in place (no restart) from their measured
 /// usage: Serverless Containers' Guardian deciding, Kubernetes' pod resize applying.
+// Each `printcolumn(...)` repeats `name`/`type_`/`json_path`: one column per list, not
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "cellmesh.io",
@@ -101,11 +104,7 @@ impl Resource {
     status = "ScalingPolicyStatus",
     cel,
     printcolumn(name = "Kind", type_ = "string", json_path = ".spec.targetRef.kind"),
-    printcolumn(
-        name = "Target",
-        type_ = "string",
-        json_path = ".spec.targetRef.name"
-    ),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
     printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(
         name = "Ready",
@@ -124,7 +123,11 @@ impl Resource {
         json_path = ".status.lastScaleTime",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = event_timeout_rule(Resource::Cpu),
@@ -406,7 +409,9 @@ impl ResourcePolicy {
 
     /// `scaleDown`, defaulted.
     pub fn scale_down(&self) -> ScaleAction {
-        self.scale_down.clone().unwrap_or_else(ScaleAction::fit_to_usage)
+        self.scale_down
+            .clone()
+            .unwrap_or_else(ScaleAction::fit_to_usage)
     }
 }
 
@@ -693,8 +698,10 @@ mod tests {
 
     #[test]
     fn defaults_are_serverless_containers_and_pass() {
-        let sp = policy(json!({"targetRef": target(), "cpu": {"min": "100m", "max": 2},
-                               "memory": {"min": "64Mi", "max": "1Gi"}}));
+        let sp = policy(
+            json!({"targetRef": target(), "cpu": {"min": "100m", "max": 2},
+                               "memory": {"min": "64Mi", "max": "1Gi"}}),
+        );
         let spec = &sp.spec;
         assert_eq!(spec.mode, ScalingMode::InPlace);
         assert_eq!(spec.interval.get(), Duration::from_secs(5));
@@ -708,12 +715,25 @@ mod tests {
         assert_eq!(cpu.max, Quantity("2".into()));
         let memory = spec.memory.as_ref().unwrap();
         assert_eq!(memory.down_events(Resource::Memory), 8);
-        assert_eq!(memory.scale_up(Resource::Memory), ScaleAction::amount("256Mi"));
+        assert_eq!(
+            memory.scale_up(Resource::Memory),
+            ScaleAction::amount("256Mi")
+        );
         // eventTimeout defaults to exactly what the rules need.
-        assert_eq!(spec.event_timeout(Resource::Cpu), Some(Duration::from_secs(60)));
-        assert_eq!(spec.event_timeout(Resource::Memory), Some(Duration::from_secs(80)));
+        assert_eq!(
+            spec.event_timeout(Resource::Cpu),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            spec.event_timeout(Resource::Memory),
+            Some(Duration::from_secs(80))
+        );
         assert_eq!(spec.metrics.cpu_query(), DEFAULT_CPU_QUERY);
-        assert!(spec.metrics.memory_query().contains("container_memory_working_set_bytes"));
+        assert!(
+            spec.metrics
+                .memory_query()
+                .contains("container_memory_working_set_bytes")
+        );
         assert_eq!(cel_messages(sp.validate_cel()), Vec::<String>::new());
     }
 
@@ -746,7 +766,9 @@ mod tests {
 
     #[test]
     fn min_must_not_exceed_max_across_units() {
-        assert!(messages(json!({"targetRef": target(), "cpu": {"min": "500m", "max": 1}})).is_empty());
+        assert!(
+            messages(json!({"targetRef": target(), "cpu": {"min": "500m", "max": 1}})).is_empty()
+        );
         assert_eq!(
             messages(json!({"targetRef": target(), "cpu": {"min": "1500m", "max": 1}})),
             ["min must not exceed max"]
@@ -776,12 +798,16 @@ mod tests {
         assert_eq!(
             messages(json!({"targetRef": target(),
                             "cpu": {"min": "1", "max": "2", "eventTimeout": "40s"}})),
-            ["cpu.eventTimeout must be at least max(upEvents, downEvents) × window, or the \
-              events a rescale needs can never be collected"]
+            [
+                "cpu.eventTimeout must be at least max(upEvents, downEvents) × window, or the \
+              events a rescale needs can never be collected"
+            ]
         );
-        assert!(messages(json!({"targetRef": target(),
+        assert!(
+            messages(json!({"targetRef": target(),
                                 "cpu": {"min": "1", "max": "2", "eventTimeout": "1m"}}))
-        .is_empty());
+            .is_empty()
+        );
         // Memory's default downEvents is 8: 60 s is not enough, 80 s is.
         assert_eq!(
             messages(json!({"targetRef": target(),
@@ -789,9 +815,11 @@ mod tests {
             .len(),
             1
         );
-        assert!(messages(json!({"targetRef": target(),
+        assert!(
+            messages(json!({"targetRef": target(),
                                 "memory": {"min": "1Gi", "max": "2Gi", "eventTimeout": "1m20s"}}))
-        .is_empty());
+            .is_empty()
+        );
         // upEvents counts too, and a longer window needs a longer timeout.
         assert_eq!(
             messages(json!({"targetRef": target(), "window": "20s",
@@ -805,11 +833,19 @@ mod tests {
     #[test]
     fn scale_actions_need_their_parameter_and_direction() {
         let with = |scale_up: Value, scale_down: Value| {
-            messages(json!({"targetRef": target(), "cpu": {"min": "1", "max": "2",
-                           "scaleUp": scale_up, "scaleDown": scale_down}}))
+            messages(
+                json!({"targetRef": target(), "cpu": {"min": "1", "max": "2",
+                           "scaleUp": scale_up, "scaleDown": scale_down}}),
+            )
         };
         let fit = json!({"policy": "fitToUsage"});
-        assert!(with(json!({"policy": "proportional", "factor": 1.5}), fit.clone()).is_empty());
+        assert!(
+            with(
+                json!({"policy": "proportional", "factor": 1.5}),
+                fit.clone()
+            )
+            .is_empty()
+        );
         assert_eq!(
             with(json!({"policy": "amount"}), fit.clone()),
             ["policy amount needs amount"]
@@ -819,7 +855,10 @@ mod tests {
             ["policy proportional needs factor"]
         );
         assert_eq!(
-            with(json!({"policy": "proportional", "factor": 0.5}), fit.clone()),
+            with(
+                json!({"policy": "proportional", "factor": 0.5}),
+                fit.clone()
+            ),
             ["scaleUp.factor must be above 1"]
         );
         assert_eq!(
@@ -838,8 +877,10 @@ mod tests {
     #[test]
     fn fit_to_usage_must_land_inside_the_band() {
         let with_margin = |margin: f64| {
-            messages(json!({"targetRef": target(), "cpu": {"min": "1", "max": "2",
-                           "scaleDown": {"policy": "fitToUsage", "margin": margin}}}))
+            messages(
+                json!({"targetRef": target(), "cpu": {"min": "1", "max": "2",
+                           "scaleDown": {"policy": "fitToUsage", "margin": margin}}}),
+            )
         };
         assert!(with_margin(0.5).is_empty());
         // usage / limit = 1 / 1.25 = 0.8 = upper: the next window is an up event.
@@ -861,18 +902,26 @@ mod tests {
         assert_eq!((bump.factor, bump.min.0.as_str()), (1.2, "100Mi"));
         assert!(sp.validate_cel().is_ok());
         assert_eq!(
-            messages(json!({"targetRef": target(), "cpu": {"min": "2", "max": "4"},
-                            "budget": {"cpu": "1500m"}})),
+            messages(
+                json!({"targetRef": target(), "cpu": {"min": "2", "max": "4"},
+                            "budget": {"cpu": "1500m"}})
+            ),
             ["budget.cpu must be at least cpu.min"]
         );
         assert_eq!(
-            messages(json!({"targetRef": target(), "memory": {"min": "1Gi", "max": "4Gi"},
-                            "budget": {"memory": "512Mi"}})),
+            messages(
+                json!({"targetRef": target(), "memory": {"min": "1Gi", "max": "4Gi"},
+                            "budget": {"memory": "512Mi"}})
+            ),
             ["budget.memory must be at least memory.min"]
         );
-        assert!(messages(json!({"targetRef": target(), "cpu": {"min": "2", "max": "4"},
-                                "budget": {"cpu": "8", "memory": "8Gi"}}))
-        .is_empty());
+        assert!(
+            messages(
+                json!({"targetRef": target(), "cpu": {"min": "2", "max": "4"},
+                                "budget": {"cpu": "8", "memory": "8Gi"}})
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -891,7 +940,13 @@ mod tests {
             json!(["amount", "proportional", "fitToUsage"])
         );
         let containers = node(&schema, "status.containers");
-        assert_eq!(containers["x-kubernetes-list-map-keys"], json!(["pod", "container"]));
-        assert_eq!(node(&schema, "spec.targetRef.services")["maxItems"], MAX_SERVICES);
+        assert_eq!(
+            containers["x-kubernetes-list-map-keys"],
+            json!(["pod", "container"])
+        );
+        assert_eq!(
+            node(&schema, "spec.targetRef.services")["maxItems"],
+            MAX_SERVICES
+        );
     }
 }

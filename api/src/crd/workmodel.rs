@@ -36,6 +36,9 @@ pub const MAX_NAME_LENGTH: u32 = 63;
 /// A mesh of services, each run by cellmesh's cell as its own Deployment and Service. The
 /// services are described as in a µBench workmodel: what each computes per request and which
 /// other services it calls.
+// Each `printcolumn(...)` repeats `name`/`type_`/`json_path`: one column per list, not
+// duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "cellmesh.io",
@@ -65,7 +68,11 @@ pub const MAX_NAME_LENGTH: u32 = 63;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = 1
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkModelSpec {
@@ -251,7 +258,12 @@ fn services_schema(generator: &mut SchemaGenerator) -> Schema {
     set_at(&mut schema, &probability, "minimum", json!(0.0));
     set_at(&mut schema, &probability, "maximum", json!(1.0));
     let behaviors = format!("{service}/alternativeBehaviors");
-    set_at(&mut schema, &behaviors, "maxProperties", json!(MAX_BEHAVIORS));
+    set_at(
+        &mut schema,
+        &behaviors,
+        "maxProperties",
+        json!(MAX_BEHAVIORS),
+    );
     let behavior_groups = format!("{behaviors}/additionalProperties/properties/externalServices");
     set_at(&mut schema, &behavior_groups, "maxItems", json!(MAX_GROUPS));
     let behavior_group = format!("{behavior_groups}/items/properties");
@@ -339,10 +351,16 @@ mod tests {
     #[test]
     fn internal_service_names_exactly_one_function() {
         let loader = json!({"loader": {}});
-        assert!(workmodel(json!({"s0": {"internalService": loader}})).validate_cel().is_ok());
+        assert!(
+            workmodel(json!({"s0": {"internalService": loader}}))
+                .validate_cel()
+                .is_ok()
+        );
         for internal in [json!({}), json!({"computePi": {}, "loader": {}})] {
             assert_eq!(
-                cel_messages(workmodel(json!({"s0": {"internalService": internal}})).validate_cel()),
+                cel_messages(
+                    workmodel(json!({"s0": {"internalService": internal}})).validate_cel()
+                ),
                 ["internalService needs exactly one function: computePi or loader"]
             );
         }
@@ -353,22 +371,35 @@ mod tests {
         let schema = open_api_schema(&WorkModel::crd());
         let services = node(&schema, "spec.services");
         assert_eq!(services["maxProperties"], MAX_SERVICES);
-        assert_eq!(
-            node(services, "*.externalServices")["maxItems"],
-            MAX_GROUPS
-        );
+        assert_eq!(node(services, "*.externalServices")["maxItems"], MAX_GROUPS);
         let group = node(services, "*.externalServices.[]");
         assert_eq!(node(group, "services")["maxItems"], MAX_GROUP_SERVICES);
         assert_eq!(node(group, "services.[]")["maxLength"], MAX_NAME_LENGTH);
         assert_eq!(node(group, "seqLen")["minimum"], 1.0);
         let probability = node(group, "probabilities.*");
-        assert_eq!((probability["minimum"].as_f64(), probability["maximum"].as_f64()), (Some(0.0), Some(1.0)));
+        assert_eq!(
+            (
+                probability["minimum"].as_f64(),
+                probability["maximum"].as_f64()
+            ),
+            (Some(0.0), Some(1.0))
+        );
         let behavior_group = node(services, "*.alternativeBehaviors.*.externalServices.[]");
-        assert_eq!(node(behavior_group, "services")["maxItems"], MAX_GROUP_SERVICES);
-        assert_eq!(node(behavior_group, "probabilities.*")["maximum"].as_f64(), Some(1.0));
+        assert_eq!(
+            node(behavior_group, "services")["maxItems"],
+            MAX_GROUP_SERVICES
+        );
+        assert_eq!(
+            node(behavior_group, "probabilities.*")["maximum"].as_f64(),
+            Some(1.0)
+        );
         // The cluster-only field sits beside the µBench fields; µBench's flat keys do not.
         assert!(node(services, "*.profileRef")["type"] == "string");
-        assert!(services["additionalProperties"]["properties"].get("cpu-requests").is_none());
+        assert!(
+            services["additionalProperties"]["properties"]
+                .get("cpu-requests")
+                .is_none()
+        );
     }
 
     #[test]
@@ -403,7 +434,10 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["services"]["s0"]["readyReplicas"], 1);
         assert_eq!(json["servicesReady"], "1/2");
-        assert_eq!(serde_json::from_value::<WorkModelStatus>(json).unwrap(), status);
+        assert_eq!(
+            serde_json::from_value::<WorkModelStatus>(json).unwrap(),
+            status
+        );
     }
 
     #[test]
