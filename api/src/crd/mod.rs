@@ -53,6 +53,17 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     ]
 }
 
+/// Schema of an optional Kubernetes quantity field: int-or-string, nullable, and without a
+/// description of its own so that the field's doc comment becomes its `kubectl explain` text
+/// (the quantity type's generic description would otherwise replace it).
+pub(crate) fn optional_quantity(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "nullable": true
+    })
+}
+
 /// Sets `key: value` on the schema node at the JSON `pointer`, when the node exists.
 ///
 /// Used to add bounds (`maxItems`, `maxProperties`, `maxLength`) to schemas of types this

@@ -434,6 +434,7 @@ pub struct ScaleAction {
     pub policy: RescalePolicy,
     /// For `amount`: the step, e.g. `500m` or `256Mi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub amount: Option<Quantity>,
     /// For `proportional`: the multiplier, above 1 to scale up, below 1 to scale down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -506,9 +507,11 @@ fn default_oom_min() -> Quantity {
 pub struct Budget {
     /// Most CPU all targeted pods may have together, e.g. `"8"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub cpu: Option<Quantity>,
     /// Most memory all targeted pods may have together, e.g. `8Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub memory: Option<Quantity>,
 }
 
@@ -611,18 +614,23 @@ pub struct ContainerScalingStatus {
 pub struct ResourceScalingStatus {
     /// Average usage over the last window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub usage: Option<Quantity>,
     /// The current request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub request: Option<Quantity>,
     /// The current limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub limit: Option<Quantity>,
     /// Usage above this is an up event (upper × limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub upper: Option<Quantity>,
     /// Usage below this is a down event (lower × limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub lower: Option<Quantity>,
     /// Up events within the event timeout.
     #[serde(default)]
@@ -632,6 +640,7 @@ pub struct ResourceScalingStatus {
     pub down_events: u32,
     /// The limit the Guardian would set now (applied unless `mode` is `Off`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
     pub recommendation: Option<Quantity>,
 }
 
