@@ -228,6 +228,13 @@ pub struct ServiceStatus {
 
 /// `spec.services`: the derived map schema plus the size bounds the CEL rules need (the API
 /// server refuses rules whose worst-case cost, computed from these bounds, is too high).
+///
+/// Worst case of the two reference rules (derived from the bounds, not measured on a real
+/// kube-apiserver): 1000 services × 16 groups × 64 callees ≈ 1.02 M iterations of a
+/// constant-cost body (`s in self` is a map lookup; `n in g.services` scans at most 64 short
+/// strings), a few million cost units against the 10 M per-rule limit. The rules use only
+/// `in` and `has`, never string functions on map keys, whose length the estimator cannot
+/// bound.
 fn services_schema(generator: &mut SchemaGenerator) -> Schema {
     let mut schema = generator.subschema_for::<BTreeMap<String, MeshService>>();
     let service = "/additionalProperties/properties";
