@@ -211,6 +211,13 @@ fn the_api_server_rejects_invalid_workmodels_with_clear_messages() {
              equal to 1"
         ]
     );
+    let messages = rejected(workmodel(json!({})));
+    assert!(
+        messages.len() == 1
+            && messages[0].starts_with("spec.services: ")
+            && messages[0].contains("should have at least 1 properties"),
+        "{messages:?}"
+    );
     assert_eq!(
         rejected(workmodel(json!({"s0": {"internalService": {}}}))),
         [

@@ -130,6 +130,8 @@ impl Resource {
     )
 )]
 #[x_kube(
+    validation = Rule::new("has(self.cpu) || has(self.memory)")
+        .message("a ScalingPolicy needs a cpu or a memory section (or both)"),
     validation = event_timeout_rule(Resource::Cpu),
     validation = event_timeout_rule(Resource::Memory),
     validation = Rule::new("!has(self.cpu) || !has(self.cpu.oomBump)")
@@ -748,28 +750,38 @@ mod tests {
 
     #[test]
     fn target_is_kind_and_name_or_a_selector() {
+        let cpu = json!({"min": "1", "max": "2"});
+        let with_target =
+            |target: Value| messages(json!({"targetRef": target, "cpu": cpu.clone()}));
         let selector = json!({"matchLabels": {"app": "web"}});
-        assert!(messages(json!({"targetRef": {"selector": selector}})).is_empty());
-        assert!(messages(json!({"targetRef": {"kind": "App", "name": "a"}})).is_empty());
+        assert!(with_target(json!({"selector": selector})).is_empty());
+        assert!(with_target(json!({"kind": "App", "name": "a"})).is_empty());
         assert_eq!(
-            messages(json!({"targetRef": {}})),
+            with_target(json!({})),
             ["targetRef needs either kind and name, or selector"]
         );
         assert_eq!(
-            messages(json!({"targetRef": {"kind": "App", "name": "a", "selector": selector}})),
+            with_target(json!({"kind": "App", "name": "a", "selector": selector})),
             ["targetRef needs either kind and name, or selector"]
         );
         assert_eq!(
-            messages(json!({"targetRef": {"name": "a"}})),
+            with_target(json!({"name": "a"})),
             ["targetRef.kind and targetRef.name go together"]
         );
         assert_eq!(
-            messages(json!({"targetRef": {"kind": "App", "name": "a", "services": ["s0"]}})),
+            with_target(json!({"kind": "App", "name": "a", "services": ["s0"]})),
             ["targetRef.services applies to a WorkModel target only"]
         );
         assert!(
-            messages(json!({"targetRef": {"kind": "WorkModel", "name": "a", "services": ["s0"]}}))
-                .is_empty()
+            with_target(json!({"kind": "WorkModel", "name": "a", "services": ["s0"]})).is_empty()
+        );
+    }
+
+    #[test]
+    fn a_policy_guards_at_least_one_resource() {
+        assert_eq!(
+            messages(json!({"targetRef": target()})),
+            ["a ScalingPolicy needs a cpu or a memory section (or both)"]
         );
     }
 

@@ -84,7 +84,7 @@ pub struct WorkModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Gateway>,
 
-    /// The services by name, at most 1000. A name must be a DNS label (lower-case letters,
+    /// The services by name: at least one, at most 1000. A name must be a DNS label (lower-case letters,
     /// digits and `-`, at most 63 characters, starting with a letter): it names the service's
     /// Deployment and Service, is how other services call it, and labels its metrics.
     #[schemars(schema_with = "services_schema")]
@@ -240,6 +240,7 @@ fn services_schema(generator: &mut SchemaGenerator) -> Schema {
     let service = "/additionalProperties/properties";
     let groups = format!("{service}/externalServices");
     let group = format!("{groups}/items/properties");
+    set_at(&mut schema, "", "minProperties", json!(1));
     set_at(&mut schema, "", "maxProperties", json!(MAX_SERVICES));
     set_at(&mut schema, &groups, "maxItems", json!(MAX_GROUPS));
     set_at(
@@ -378,6 +379,7 @@ mod tests {
         let schema = open_api_schema(&WorkModel::crd());
         let services = node(&schema, "spec.services");
         assert_eq!(services["maxProperties"], MAX_SERVICES);
+        assert_eq!(services["minProperties"], 1);
         assert_eq!(node(services, "*.externalServices")["maxItems"], MAX_GROUPS);
         let group = node(services, "*.externalServices.[]");
         assert_eq!(node(group, "services")["maxItems"], MAX_GROUP_SERVICES);
