@@ -65,4 +65,19 @@ mod tests {
         }
         assert_eq!(stream().unwrap().matches("\n---\n").count() + 1, 4);
     }
+
+    #[test]
+    fn committed_manifests_match_the_types() {
+        // The same check as `cargo xtask crdgen --check`, so a plain test run notices too.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+        for file in files().unwrap() {
+            let committed =
+                std::fs::read_to_string(format!("{dir}/{}", file.file_name)).unwrap_or_default();
+            assert!(
+                committed == file.yaml,
+                "crds/{} is out of date: run `cargo xtask crdgen` and commit the result",
+                file.file_name
+            );
+        }
+    }
 }
