@@ -4,6 +4,7 @@
 mod bench;
 mod bench_parse;
 mod bench_procs;
+mod crdgen;
 mod demo;
 mod setup;
 mod util;
@@ -31,6 +32,8 @@ enum Command {
     Setup,
     /// Formatting and clippy (`-D warnings`) over the whole workspace.
     Lint,
+    /// Write the CRD manifests in crds/ from the Rust types (`--check`: only compare).
+    Crdgen(crdgen::Crdgen),
     /// Run the tests with cargo-nextest (all tiers unless filtered).
     Test {
         /// Extra arguments for `cargo nextest run`, e.g. a filter expression.
@@ -52,10 +55,12 @@ fn main() -> Result<()> {
         Command::Ci => {
             setup::install_test_dependencies()?;
             lint()?;
+            crdgen::check()?;
             test(&[])
         }
         Command::Setup => setup::install_test_dependencies(),
         Command::Lint => lint(),
+        Command::Crdgen(args) => crdgen::run(&args),
         Command::Test { args } => test(&args),
         Command::Bench(command) => bench::run(command),
         Command::Demo(args) => demo::run(&args),
