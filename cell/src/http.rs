@@ -5,8 +5,14 @@
 //! [`CellError`] (400 bad trace, 500 internal, 502 downstream failed, 503 shutting down,
 //! 504 downstream timeout) with `{"error": …, "service": …, "reason": …}`. Trace headers
 //! are copied onto every response.
+//!
+//! [`serve`] serves a router as HTTP/1.1 with keep-alive (what µBench's clients speak) or
+//! HTTP/2 with prior knowledge (h2c). It is axum's `serve` without upgrade support and its
+//! per-connection `select!`, which the hot path does not need.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -15,6 +21,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tracing::warn;
 
 use crate::app::App;
 use crate::headers::TraceHeaders;
@@ -101,4 +113,38 @@ pub async fn serve_metrics(State(app): State<Arc<App>>) -> Response {
         app.cell.metrics().encode(),
     )
         .into_response()
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 or h2c) until `stop` completes, then waits for the
+/// open connections to finish their current requests.
+pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(request.map(Body::new))
+            });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            let _ = watcher.watch(connection).await;
+        });
+    }
+    graceful.shutdown().await;
 }
