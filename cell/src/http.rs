@@ -6,9 +6,12 @@
 //! 504 downstream timeout) with `{"error": …, "service": …, "reason": …}`. Trace headers
 //! are copied onto every response.
 //!
-//! [`serve`] serves a router as HTTP/1.1 with keep-alive (what µBench's clients speak) or
+//! [`serve`] serves the cell as HTTP/1.1 with keep-alive (what µBench's clients speak) or
 //! HTTP/2 with prior knowledge (h2c). It is axum's `serve` without upgrade support and its
-//! per-connection `select!`, which the hot path does not need.
+//! per-connection `select!`, and it hands `GET`/`POST` on the service path straight to the
+//! same handlers [`router`] uses, skipping route matching and extension bookkeeping that
+//! cost about as much as the rest of a trivial request; every other request goes through the
+//! router.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -115,9 +118,32 @@ pub async fn serve_metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listener` (HTTP/1.1 or h2c) until `stop` completes, then waits for the
-/// open connections to finish their current requests.
-pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+/// Routes one request: the service path's `GET`/`POST` directly to their handlers, everything
+/// else (`/metrics`, `HEAD`, 404, 405) through `router`.
+pub async fn dispatch(app: Arc<App>, router: Router, request: Request) -> Response {
+    if request.uri().path() == app.cell.spec().path() {
+        if request.method() == Method::GET {
+            return serve_get(State(app), request).await;
+        }
+        if request.method() == Method::POST {
+            return serve_post(State(app), request).await;
+        }
+    }
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Serves `app` (with `router` for the paths [`dispatch`] does not short-cut) on `listener`
+/// (HTTP/1.1 or h2c) until `stop` completes, then waits for the open connections to finish
+/// their current requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Router,
+    stop: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -134,10 +160,11 @@ pub async fn serve(listener: TcpListener, router: Router, stop: impl Future<Outp
             () = &mut stop => break,
         };
         let _ = tcp.set_nodelay(true);
-        let router = router.clone();
+        let (app, router) = (app.clone(), router.clone());
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                router.clone().oneshot(request.map(Body::new))
+                let response = dispatch(app.clone(), router.clone(), request.map(Body::new));
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
             });
         let watcher = graceful.watcher();
         tokio::spawn(async move {

@@ -74,7 +74,7 @@ async fn serve_all(args: Args) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let rest_server = serve(rest, router(app.clone()), stopped());
+    let rest_server = serve(rest, app.clone(), router(app.clone()), stopped());
     let admin_server =
         axum::serve(admin, admin_router(app.clone())).with_graceful_shutdown(stopped());
     let incoming = TcpListenerStream::new(grpc).map(|stream| {
