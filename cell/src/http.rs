@@ -5,8 +5,17 @@
 //! [`CellError`] (400 bad trace, 500 internal, 502 downstream failed, 503 shutting down,
 //! 504 downstream timeout) with `{"error": …, "service": …, "reason": …}`. Trace headers
 //! are copied onto every response.
+//!
+//! [`serve`] serves the cell as HTTP/1.1 with keep-alive (what µBench's clients speak) or
+//! HTTP/2 with prior knowledge (h2c). It is axum's `serve` without upgrade support and its
+//! per-connection `select!`, and it hands `GET`/`POST` on the service path straight to the
+//! same handlers [`router`] uses, skipping route matching and extension bookkeeping that
+//! cost about as much as the rest of a trivial request; every other request goes through the
+//! router.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,7 +23,13 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderValue, Method, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tracing::warn;
 
 use crate::app::App;
 use crate::headers::TraceHeaders;
@@ -101,4 +116,62 @@ pub async fn serve_metrics(State(app): State<Arc<App>>) -> Response {
         app.cell.metrics().encode(),
     )
         .into_response()
+}
+
+/// Routes one request: the service path's `GET`/`POST` directly to their handlers, everything
+/// else (`/metrics`, `HEAD`, 404, 405) through `router`.
+pub async fn dispatch(app: Arc<App>, router: Router, request: Request) -> Response {
+    if request.uri().path() == app.cell.spec().path() {
+        if request.method() == Method::GET {
+            return serve_get(State(app), request).await;
+        }
+        if request.method() == Method::POST {
+            return serve_post(State(app), request).await;
+        }
+    }
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Serves `app` (with `router` for the paths [`dispatch`] does not short-cut) on `listener`
+/// (HTTP/1.1 or h2c) until `stop` completes, then waits for the open connections to finish
+/// their current requests.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Router,
+    stop: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, router) = (app.clone(), router.clone());
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let response = dispatch(app.clone(), router.clone(), request.map(Body::new));
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            let _ = watcher.watch(connection).await;
+        });
+    }
+    graceful.shutdown().await;
 }

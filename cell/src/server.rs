@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use cellmesh_api::mubench;
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -18,7 +17,7 @@ use crate::app::{Addresses, App};
 use crate::cli::Args;
 use crate::downstream::http_client;
 use crate::grpc::grpc_service;
-use crate::http::router;
+use crate::http::{router, serve};
 use crate::service::{CellOptions, ServiceCell};
 
 /// Builds the runtime and serves until a shutdown signal.
@@ -27,7 +26,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(threads) = args.runtime_threads {
         builder.worker_threads(threads.max(1));
     }
-    builder.enable_all().build()?.block_on(serve(args))
+    builder.enable_all().build()?.block_on(serve_all(args))
 }
 
 /// Loads the workmodel and builds the [`App`] for `args.service`.
@@ -51,7 +50,7 @@ pub fn load(args: &Args) -> anyhow::Result<App> {
     Ok(App::new(cell))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+async fn serve_all(args: Args) -> anyhow::Result<()> {
     let app = Arc::new(load(&args)?);
     let shutdown = shutdown_signal()?;
     let bind = |address, what: &'static str| async move {
@@ -75,13 +74,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let rest_server = axum::serve(
-        rest.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        router(app.clone()),
-    )
-    .with_graceful_shutdown(stopped());
+    let rest_server = serve(rest, app.clone(), router(app.clone()), stopped());
     let admin_server =
         axum::serve(admin, admin_router(app.clone())).with_graceful_shutdown(stopped());
     let incoming = TcpListenerStream::new(grpc).map(|stream| {
@@ -122,7 +115,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let servers = async {
         tokio::try_join!(
-            async { rest_server.await.context("REST server") },
+            async {
+                rest_server.await;
+                anyhow::Ok(())
+            },
             async { grpc_server.await.context("gRPC server") },
             async { admin_server.await.context("admin server") },
         )

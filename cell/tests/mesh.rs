@@ -218,6 +218,14 @@ async fn mubench_parallel_example_runs_unchanged() {
         );
     }
     assert_eq!(requests_served(&client, s0, "GET").await, 3.0);
+
+    // The REST port also speaks HTTP/2 with prior knowledge (h2c).
+    let h2: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let url = format!("http://{}/api/v1", cell(&cells, "s1").rest);
+    let (status, _) = request(&h2, "GET", &url, "").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

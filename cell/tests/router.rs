@@ -511,3 +511,38 @@ async fn large_bodies_stream_in_bounded_chunks() {
     assert!(largest <= cellmesh_cell::grpc::CHUNK_BYTES);
     assert!(total > cellmesh_cell::grpc::CHUNK_BYTES, "{total}");
 }
+
+#[tokio::test]
+async fn dispatch_short_cuts_the_service_path_and_routes_the_rest() {
+    use cellmesh_cell::http::dispatch;
+    let app = app("s0", &[], LONG);
+    let call = |request: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let response = dispatch(app.clone(), router(app), request).await;
+            let (parts, body) = response.into_parts();
+            (parts.status, body.collect().await.unwrap().to_bytes())
+        }
+    };
+    let (status, body) = call(get("/api/v1?bid=quiet")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.iter().all(|&b| b == b'm'));
+    let (status, body) = call(post("/api/v1", r#"{"s1": []}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        json(&body)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("this is `s0`")
+    );
+    assert_eq!(call(get("/metrics")).await.0, StatusCode::OK);
+    assert_eq!(call(get("/api/v2")).await.0, StatusCode::NOT_FOUND);
+    let put = Request::put("/api/v1").body(Body::empty()).unwrap();
+    assert_eq!(call(put).await.0, StatusCode::METHOD_NOT_ALLOWED);
+    // Both paths count into the same series.
+    let (_, metrics) = call(get("/metrics")).await;
+    let text = String::from_utf8(metrics.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"cellmesh_requests_total{method="GET",endpoint="/api/v1",code="200"} 1"#)
+    );
+}
