@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Runs one service of a µBench workmodel: REST and gRPC with µBench's semantics, Prometheus
-/// metrics, and an admin port.
+/// Runs one service of a µBench workmodel (REST and gRPC with µBench's semantics) or an App's
+/// pipeline, on an engine with admission, deadlines and an elastic worker pool configured by a
+/// Profile; Prometheus metrics and an admin port.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "cellmesh-cell",
@@ -18,17 +19,42 @@ use clap::Parser;
         cellmesh-cell --workmodel wm.json --service s0 --listen 127.0.0.1:8080 \
         --grpc-listen 127.0.0.1:51313 --admin-listen 127.0.0.1:8081 --resolve s1=127.0.0.2:8080\n  \
         curl http://127.0.0.1:8080/api/v1\n\n\
-        Bind port 0 to get a free port; the bound addresses are printed on stdout and in /info."
+        Bind port 0 to get a free port; the bound addresses are printed on stdout and in /info.\n\n\
+        An App: cellmesh-cell --app examples/apps/scorer.yaml --profile examples/profiles/fast.yaml\n  \
+        curl -d '{\"x\": 1}' http://127.0.0.1:8080/"
 )]
 pub struct Args {
     /// Workmodel file (JSON or YAML): a map from service name to service spec, µBench's
     /// `workmodel.json` format (camelCase or µBench's snake_case keys).
-    #[arg(long, env = "CELLMESH_WORKMODEL", value_name = "FILE")]
-    pub workmodel: PathBuf,
+    #[arg(
+        long,
+        env = "CELLMESH_WORKMODEL",
+        value_name = "FILE",
+        required_unless_present = "app",
+        conflicts_with = "app",
+        requires = "service"
+    )]
+    pub workmodel: Option<PathBuf>,
 
     /// The service of the workmodel this cell runs (µBench's `APP`).
     #[arg(long, env = "APP", value_name = "NAME")]
-    pub service: String,
+    pub service: Option<String>,
+
+    /// Run an App instead of a workmodel service: an `App` resource (YAML/JSON), its spec, or
+    /// a bare pipeline stage. Served on `POST /` (REST, NDJSON out) and gRPC.
+    #[arg(long, env = "CELLMESH_APP", value_name = "FILE")]
+    pub app: Option<PathBuf>,
+
+    /// Profile file: a `Profile` resource or its bare spec (YAML/JSON). Re-read when it
+    /// changes (ConfigMap updates included); an invalid change is refused and logged.
+    /// [default: a workmodel service runs µBench's layout, `workers` pool slots of `threads`
+    /// requests each; an App the Profile defaults]
+    #[arg(long, env = "CELLMESH_PROFILE", value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+
+    /// How often the profile file is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub profile_poll: Duration,
 
     /// REST address: the service path and `/metrics`.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8080")]
@@ -68,9 +94,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests may take before the cell exits anyway.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long `/ready` answers 503 while new requests are still
+    /// served (so load balancers stop sending) before new connections are refused; then
+    /// accepted requests get the profile's `terminationTimeout` to finish.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
 }
 
 /// Parses `NAME=HOST:PORT`.
@@ -124,6 +152,13 @@ mod tests {
         assert_eq!(args.grpc_listen.to_string(), "0.0.0.0:51313");
         assert_eq!(args.admin_listen.to_string(), "0.0.0.0:8081");
         assert_eq!(args.downstream_timeout, Duration::from_secs(30));
+        assert!(Args::try_parse_from(["cellmesh-cell"]).is_err());
+        assert!(Args::try_parse_from(["cellmesh-cell", "--workmodel", "wm.json"]).is_err());
+        assert!(
+            Args::try_parse_from(["cellmesh-cell", "--app", "a.yaml", "--workmodel", "w"]).is_err()
+        );
+        let app = Args::try_parse_from(["cellmesh-cell", "--app", "a.yaml"]).unwrap();
+        assert!(app.workmodel.is_none() && app.app.is_some());
     }
 
     #[test]

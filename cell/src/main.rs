@@ -6,9 +6,11 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     // A process worker of the engine is this same binary, re-executed with a marker in its
     // environment; it must load the same functions as the parent before anything else runs.
-    if let Some(code) =
-        cellmesh_cell::engine::run_worker_if_requested(cellmesh_cell::engine::Functions::builtin)
-    {
+    if let Some(code) = cellmesh_cell::engine::run_worker_if_requested(|| {
+        cellmesh_cell::functions::leaves::cell_functions(
+            cellmesh_cell::functions::Placement::InPlace,
+        )
+    }) {
         std::process::exit(code)
     }
     let args = cellmesh_cell::cli::Args::parse();

@@ -226,7 +226,7 @@ impl CellMetrics {
         );
         registry.register(
             "cellmesh_admission_capacity",
-            "Requests admitted at once (workers x threads)",
+            "Requests run at once with the profile in force at start (poolLimit x concurrency)",
             admission_capacity,
         );
 
@@ -267,6 +267,11 @@ impl CellMetrics {
             downstream,
             inflight,
         }
+    }
+
+    /// Adds the engine's gauges and counters (`cellmesh_engine_*`), rendered at scrape time.
+    pub fn register_engine(&mut self, engine: &crate::engine::Engine) {
+        engine.register_metrics(&mut self.registry);
     }
 
     /// The series of `endpoint`.

@@ -1,28 +1,33 @@
 //! The service cell's request handling, free of any transport: REST and gRPC both turn their
 //! request into a [`CellRequest`] and the result into their own response.
 //!
-//! One request: wait for admission (at most `workers × threads` in flight; later requests
-//! wait their turn) → pick the behaviour (`?bid=`) → run the internal function → run the
-//! downstream calls (from the POST trace, or sampled from the spec's groups) with groups in
-//! parallel and calls of a group in sequence → answer the internal function's body.
-//! As in µBench, a failing call does not stop the rest of its group; the request then fails
-//! with the first error in plan order. Downstream bodies are read and dropped.
+//! One request: parse its trace → pick the behaviour (`?bid=`) → submit the internal
+//! function to the [`Engine`] (admission: queue full → 503 + `Retry-After`; deadline from the
+//! request's timeout or the profile's `requestTimeout` → 504, also while queued; the leaf
+//! runs inline, on a worker thread or in a worker process as the profile's `isolate` says;
+//! a lost worker → 502 naming it) → run the downstream calls in this (acceptor) process,
+//! within what is left of the deadline (from the POST trace, or sampled from the spec's
+//! groups; groups in parallel, calls of a group in sequence) → answer the internal
+//! function's body. As in µBench, a failing call does not stop the rest of its group; the
+//! request then fails with the first error in plan order. Downstream bodies are read and
+//! dropped.
 //!
-//! This module is the seed of the engine (issue 4): admission and deadlines will grow here
-//! without touching the transports.
+//! Without `--profile` the engine's profile is derived from the spec ([`default_profile`]):
+//! `workers × threads` requests run at once, as in µBench.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cellmesh_api::service::{
-    ExternalServiceGroup, Function, InternalService, ServiceSpec, Services,
-};
-use tokio::sync::{Semaphore, TryAcquireError};
+use cellmesh_api::pipeline::Stage;
+use cellmesh_api::profile::{PoolLimit, ProfileSpec};
+use cellmesh_api::service::{ExternalServiceGroup, Function, ServiceSpec, Services};
+use serde_json::{Value, json};
 
 use crate::downstream::{self, CallError, Caller, Downstream, HttpClient, Outgoing};
-use crate::functions;
+use crate::engine::{Engine, EngineError};
+use crate::functions::leaves::{self, INTERNAL_SERVICE, InternalArgs};
 use crate::headers::TraceHeaders;
 use crate::metrics::{CellMetrics, Endpoint, Identity};
 use crate::plan::{GroupPlan, sample_groups};
@@ -91,10 +96,12 @@ pub struct CellRequest<'a> {
     pub work: Work,
     /// Trace-context headers to propagate.
     pub headers: &'a TraceHeaders,
+    /// The caller's deadline (`x-request-timeout`, `grpc-timeout`); else the profile's.
+    pub timeout: Option<Duration>,
 }
 
 /// Why a request failed; each maps to an HTTP status and a gRPC code.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, thiserror::Error)]
 pub enum CellError {
     /// The request itself is wrong (bad trace) → 400 / INVALID_ARGUMENT.
     #[error("bad request: {0}")]
@@ -105,9 +112,9 @@ pub enum CellError {
     /// The internal function failed → 500 / INTERNAL.
     #[error("internal function failed: {0}")]
     Internal(String),
-    /// The cell is shutting down → 503 / UNAVAILABLE.
-    #[error("the cell is shutting down")]
-    ShuttingDown,
+    /// The engine refused or failed the request (queue full, deadline, lost worker, …).
+    #[error(transparent)]
+    Engine(EngineError),
 }
 
 impl CellError {
@@ -118,7 +125,15 @@ impl CellError {
             Self::Downstream(CallError::Failed { .. }) => 502,
             Self::Downstream(CallError::TimedOut { .. }) => 504,
             Self::Internal(_) => 500,
-            Self::ShuttingDown => 503,
+            Self::Engine(error) => error.http_status().as_u16(),
+        }
+    }
+
+    /// `Retry-After` seconds, for rejections that have one.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Engine(error) => error.retry_after_secs(),
+            _ => None,
         }
     }
 
@@ -140,7 +155,8 @@ impl CellError {
             Self::Downstream(CallError::TimedOut { after, .. }) => {
                 format!("no complete answer within {after:?}")
             }
-            Self::ShuttingDown => "not accepting new requests".to_owned(),
+            Self::Engine(EngineError::WorkerLost { reason, .. }) => reason.clone(),
+            Self::Engine(error) => error.to_string(),
         }
     }
 
@@ -155,17 +171,33 @@ impl CellError {
                 format!("downstream service {service} timed out")
             }
             Self::Internal(_) => "internal function failed".to_owned(),
-            Self::ShuttingDown => "shutting down".to_owned(),
+            Self::Engine(EngineError::WorkerLost { worker, .. }) => {
+                format!("{worker} was lost while running the request")
+            }
+            Self::Engine(error) => error.to_string(),
         }
     }
 
-    /// `{"error": …, "service": …, "reason": …}` (`service` only for downstream failures).
+    /// `{"error": …, "service": …, "reason": …}` (`service` only for downstream failures;
+    /// engine errors add their `code` and, for a lost worker, `worker`).
     pub fn to_json(&self) -> String {
-        let mut body = serde_json::json!({"error": self.summary(), "reason": self.reason()});
+        let mut body = json!({"error": self.summary(), "reason": self.reason()});
         if let Some(service) = self.service() {
             body["service"] = service.into();
         }
+        if let Self::Engine(error) = self {
+            body["code"] = error.code().into();
+            if let EngineError::WorkerLost { worker, .. } = error {
+                body["worker"] = worker.as_str().into();
+            }
+        }
         body.to_string()
+    }
+}
+
+impl From<EngineError> for CellError {
+    fn from(error: EngineError) -> Self {
+        Self::Engine(error)
     }
 }
 
@@ -181,11 +213,44 @@ type Call<'t> = (usize, Option<&'t TraceNode>);
 /// The calls of a request, by group.
 type CallGroups<'t> = Vec<Vec<Call<'t>>>;
 
-/// An alternative behaviour, resolved.
+/// An alternative behaviour's downstream calls, resolved (its internal function is the
+/// engine leaf's business).
 #[derive(Debug)]
 struct BehaviorPlan {
-    internal: Option<InternalService>,
     groups: Option<Vec<GroupPlan>>,
+}
+
+/// The profile a service runs with when the cell is given none: µBench's layout, `workers`
+/// pool slots of `threads` concurrent requests each, all started at once, inline on the
+/// cell's runtime; requests beyond them wait in a queue of the default length.
+pub fn default_profile(spec: &ServiceSpec) -> ProfileSpec {
+    ProfileSpec {
+        concurrency: spec.threads().max(1),
+        pool_min: spec.workers().max(1),
+        pool_limit: PoolLimit::Fixed(spec.workers().max(1)),
+        ..ProfileSpec::default()
+    }
+}
+
+/// The engine pipeline of a workmodel service: the one [`INTERNAL_SERVICE`] leaf with the
+/// spec's internal function and those of its alternative behaviours.
+pub fn service_stage(spec: &ServiceSpec, scratch_dir: &std::path::Path) -> Stage {
+    let args = InternalArgs {
+        default: spec.internal_service.clone(),
+        behaviors: spec
+            .alternative_behaviors
+            .iter()
+            .filter_map(|(bid, b)| Some((bid.clone(), b.internal_service.clone()?)))
+            .collect(),
+        scratch_dir: Some(scratch_dir.to_owned()),
+    };
+    Stage {
+        name: Some("internal".to_owned()),
+        function: Some(INTERNAL_SERVICE.to_owned()),
+        // Serializing plain data cannot fail.
+        args: serde_json::to_value(args).ok(),
+        ..Stage::default()
+    }
 }
 
 /// A running service: its spec resolved into call plans, downstream clients and metrics.
@@ -198,19 +263,20 @@ pub struct ServiceCell {
     downstreams: Vec<Downstream>,
     by_name: HashMap<String, usize>,
     caller: Caller,
-    admission: Semaphore,
+    engine: Engine,
     capacity: u32,
     metrics: CellMetrics,
-    scratch_dir: PathBuf,
 }
 
 impl ServiceCell {
-    /// Builds the cell for service `name` of `services`. Runs inside a tokio runtime.
+    /// Builds the cell for service `name` of `services`, running its internal function on
+    /// `engine` (started with [`service_stage`]). Runs inside a tokio runtime.
     pub fn new(
         services: &Services,
         name: &str,
         options: CellOptions,
         http: HttpClient,
+        engine: Engine,
     ) -> Result<Self, SetupError> {
         let spec = services.get(name).cloned().ok_or_else(|| {
             let names: Vec<&str> = services.keys().map(String::as_str).collect();
@@ -219,8 +285,13 @@ impl ServiceCell {
         if spec.internal_service.function().is_none() {
             return Err(SetupError::NoFunction(name.to_owned()));
         }
-        let capacity = spec.concurrency().max(1);
-        let metrics = CellMetrics::new(
+        let capacity = {
+            let info = engine.info();
+            info.effective_pool_limit
+                .saturating_mul(info.profile.concurrency)
+                .max(1)
+        };
+        let mut metrics = CellMetrics::new(
             &Identity {
                 zone: options.zone.clone(),
                 app_name: options.app_name.clone().unwrap_or_else(|| name.to_owned()),
@@ -229,6 +300,7 @@ impl ServiceCell {
             },
             capacity,
         );
+        metrics.register_engine(&engine);
         // Every other service is a potential downstream: POST traces may call any of them.
         let mut downstreams = Vec::new();
         let mut by_name = HashMap::new();
@@ -247,7 +319,6 @@ impl ServiceCell {
             .iter()
             .map(|(bid, behavior)| {
                 let resolved = BehaviorPlan {
-                    internal: behavior.internal_service.clone(),
                     groups: behavior.external_services.as_deref().map(plan),
                 };
                 (bid.clone(), resolved)
@@ -260,10 +331,9 @@ impl ServiceCell {
             downstreams,
             by_name,
             caller: Caller::new(http, options.downstream_timeout),
-            admission: Semaphore::new(capacity as usize),
+            engine,
             capacity,
             metrics,
-            scratch_dir: options.scratch_dir,
             spec,
         })
     }
@@ -283,14 +353,14 @@ impl ServiceCell {
         &self.metrics
     }
 
-    /// Requests admitted at once.
+    /// Requests run at once with the profile in force at start (`poolLimit × concurrency`).
     pub fn capacity(&self) -> u32 {
         self.capacity
     }
 
-    /// Requests currently admitted.
-    pub fn in_flight(&self) -> usize {
-        (self.capacity as usize).saturating_sub(self.admission.available_permits())
+    /// The engine running the internal function.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Downstream services and where they are reached.
@@ -298,11 +368,6 @@ impl ServiceCell {
         self.downstreams
             .iter()
             .map(|d| (d.name.as_str(), d.target.describe()))
-    }
-
-    /// Stops admitting requests; waiting ones fail with [`CellError::ShuttingDown`].
-    pub fn close(&self) {
-        self.admission.close();
     }
 
     /// Handles one request and counts its outcome.
@@ -325,29 +390,8 @@ impl ServiceCell {
             Work::TraceJson(body) => Some(trace::parse(&body, &self.name)?),
             Work::Trace(node) => Some(trace::check_service(node, &self.name)?),
         };
-        let (_permit, waited) = match self.admission.try_acquire() {
-            Ok(permit) => (permit, false),
-            Err(TryAcquireError::Closed) => return Err(CellError::ShuttingDown),
-            Err(TryAcquireError::NoPermits) => {
-                let permit = self
-                    .admission
-                    .acquire()
-                    .await
-                    .map_err(|_| CellError::ShuttingDown)?;
-                (permit, true)
-            }
-        };
-        self.metrics.inflight.inc();
-        let _inflight = InflightGuard(&self.metrics);
-
-        let behavior = request.query.and_then(|q| self.behavior(q));
-        let internal = behavior
-            .and_then(|b| b.internal.as_ref())
-            .unwrap_or(&self.spec.internal_service);
-        // Checked at setup for the spec; a behaviour's replacement may still be empty.
-        let function = internal.function().ok_or_else(|| {
-            CellError::Internal("the selected behaviour names no internal function".to_owned())
-        })?;
+        let bid = request.query.and_then(|q| self.bid(q));
+        let behavior = bid.and_then(|bid| self.behaviors.get(bid));
 
         // Resolve a trace's calls before doing any work: an unknown service is the caller's
         // mistake (400), not a downstream failure.
@@ -368,16 +412,25 @@ impl ServiceCell {
             }
         };
 
-        // A GET admitted at once did nothing measurable since `start`, so `start` doubles as
-        // the internal function's start: one clock read less on the hot path.
-        let internal_start = if waited || trace.is_some() {
+        let input = bid.map_or(Value::Null, |bid| json!({ "bid": bid }));
+        let mut outcome = self.engine.submit(input, request.timeout)?;
+        let deadline = outcome.deadline();
+        self.metrics.inflight.inc();
+        let _inflight = InflightGuard(&self.metrics);
+        let internal_start = if trace.is_some() {
             Instant::now()
         } else {
             start
         };
-        let body = functions::run(function, &self.scratch_dir)
-            .await
-            .map_err(|e| CellError::Internal(e.to_string()))?;
+        // The leaf emits one body, then ends; read to the end so the engine sees the request
+        // finish rather than abandoned.
+        let mut body = None;
+        while let Some(output) = outcome.next().await {
+            body.get_or_insert(leaves::body_spec(output?).map_err(CellError::Internal)?);
+        }
+        let body = body
+            .ok_or_else(|| CellError::Internal("the internal function answered nothing".into()))?
+            .materialize();
         let internal_end = Instant::now();
         series
             .internal_ms
@@ -387,9 +440,15 @@ impl ServiceCell {
         if !calls.is_empty() {
             // Boxed: the downstream futures are large, and most cells of a mesh are leaves;
             // keeping them out of this future keeps every request's future small.
-            Box::pin(self.call_groups(&calls, request.query, request.headers))
-                .await
-                .map_err(CellError::Downstream)?;
+            let downstream = Box::pin(self.call_groups(&calls, request.query, request.headers));
+            match tokio::time::timeout_at(deadline.into(), downstream).await {
+                Ok(result) => result.map_err(CellError::Downstream)?,
+                Err(_) => {
+                    return Err(CellError::Engine(EngineError::TimedOut {
+                        after: deadline.saturating_duration_since(start),
+                    }));
+                }
+            }
         }
         let end = Instant::now();
         series.external_ms.observe(millis(end - internal_end));
@@ -397,15 +456,15 @@ impl ServiceCell {
         Ok(body)
     }
 
-    /// The behaviour `bid=<name>` in `query` selects, if any.
-    fn behavior(&self, query: &str) -> Option<&BehaviorPlan> {
+    /// The behaviour name `bid=<name>` in `query` selects, if the spec has it.
+    fn bid<'q>(&self, query: &'q str) -> Option<&'q str> {
         if self.behaviors.is_empty() {
             return None;
         }
         let bid = query
             .split('&')
             .find_map(|pair| pair.strip_prefix("bid="))?;
-        self.behaviors.get(bid)
+        self.behaviors.contains_key(bid).then_some(bid)
     }
 
     fn trace_calls<'t>(&self, node: &'t TraceNode) -> Result<CallGroups<'t>, CellError> {

@@ -406,7 +406,7 @@ async fn grpc_mesh_works_end_to_end() {
 async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "wm.json", &sleepy(false, 0.5));
-    let mut s1 = start(&path, "s1", &[], &["--shutdown-timeout", "5s"]);
+    let mut s1 = start(&path, "s1", &[], &["--drain-grace", "100ms"]);
     let client = client();
     let url = format!("http://{}/api/v1", s1.rest);
     let in_flight = tokio::spawn(async move { request(&client, "GET", &url, "").await });

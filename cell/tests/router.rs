@@ -14,6 +14,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use bytes::Bytes;
 use cellmesh_api::mubench;
+use cellmesh_api::service::Services;
 use cellmesh_cell::admin::admin_router;
 use cellmesh_cell::app::{Addresses, App};
 use cellmesh_cell::downstream::http_client;
@@ -21,7 +22,8 @@ use cellmesh_cell::grpc::grpc_service;
 use cellmesh_cell::http::router;
 use cellmesh_cell::proto::micro_service_client::MicroServiceClient;
 use cellmesh_cell::proto::{Message, TraceGroup, TraceNode};
-use cellmesh_cell::service::{CellOptions, ServiceCell};
+use cellmesh_cell::server::start_engine;
+use cellmesh_cell::service::{CellOptions, ServiceCell, default_profile, service_stage};
 use http::{HeaderMap, Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -49,8 +51,18 @@ fn app(service: &str, resolve: &[(&str, SocketAddr)], timeout: Duration) -> Arc<
         downstream_timeout: timeout,
         ..CellOptions::default()
     };
-    let cell = ServiceCell::new(&loaded.services, service, options, http_client()).unwrap();
-    Arc::new(App::new(cell))
+    Arc::new(App::new(service_cell(&loaded.services, service, options)))
+}
+
+/// `service` of `services` on an engine with the profile derived from its spec.
+fn service_cell(services: &Services, service: &str, options: CellOptions) -> ServiceCell {
+    let spec = &services[service];
+    let engine = start_engine(
+        default_profile(spec),
+        service_stage(spec, &options.scratch_dir),
+    )
+    .unwrap();
+    ServiceCell::new(services, service, options, http_client(), engine).unwrap()
 }
 
 async fn send(router: Router, request: Request<Body>) -> (StatusCode, HeaderMap, Bytes) {
@@ -486,13 +498,7 @@ async fn grpc_downstream_failure_is_unavailable_naming_the_service() {
 async fn large_bodies_stream_in_bounded_chunks() {
     let workmodel = r#"{"big": {"internal_service": {"compute_pi": {"range_complexity": [1, 1], "mean_response_size": 200}}}}"#;
     let loaded = mubench::from_json_str(workmodel).unwrap();
-    let cell = ServiceCell::new(
-        &loaded.services,
-        "big",
-        CellOptions::default(),
-        http_client(),
-    )
-    .unwrap();
+    let cell = service_cell(&loaded.services, "big", CellOptions::default());
     let mut client = grpc_client(Arc::new(App::new(cell))).await;
     let mut total = 0;
     let mut largest = 0;

@@ -224,6 +224,11 @@ impl Engine {
         }));
     }
 
+    /// Stop admitting at once: new requests get `Draining`; accepted ones continue.
+    pub fn stop_admitting(&self) {
+        self.shared.start_draining();
+    }
+
     /// Stop admitting (new requests get `Draining`), let queued and running requests
     /// finish within the profile's `terminationTimeout`, then fail what is left with
     /// `ShutDown` and stop the workers.
@@ -273,6 +278,11 @@ pub struct ResponseStream {
 }
 
 impl ResponseStream {
+    /// When the request's deadline passes (counted from admission).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// The next output; `None` after success; `Some(Err)` once on failure (then `None`).
     pub async fn next(&mut self) -> Option<Result<Value, EngineError>> {
         if self.finished {

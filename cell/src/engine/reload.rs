@@ -8,6 +8,9 @@
 //! per distinct content and counted (`profileRejected`); the profile in force stays.
 //! Polling costs one small read per interval; the kubelet itself only syncs ConfigMap
 //! volumes about once a minute, so a 1–2 s interval adds no noticeable delay.
+//!
+//! The file is either a bare profile spec or a whole `Profile` resource ([`parse_profile`]
+//! takes its `.spec`), so `kubectl apply -f` and `--profile` read the same files.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,9 +27,29 @@ pub fn read_profile_file(path: &std::path::Path) -> Result<(ProfileSpec, Vec<u8>
         std::fs::read(path).map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
     let text = std::str::from_utf8(&content)
         .map_err(|e| format!("profile {} is not UTF-8: {e}", path.display()))?;
-    let spec =
-        ProfileSpec::from_yaml(text).map_err(|e| format!("profile {}: {e}", path.display()))?;
+    let spec = parse_profile(text).map_err(|e| format!("profile {}: {e}", path.display()))?;
     Ok((spec, content))
+}
+
+/// Parse a profile document: a bare spec, or a `Profile` resource (`kind: Profile`; its
+/// `spec`, all defaults when absent). Validated; errors name the field.
+pub fn parse_profile(text: &str) -> Result<ProfileSpec, String> {
+    let document: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("not YAML or JSON: {e}"))?;
+    let Some(kind) = document.get("kind") else {
+        return ProfileSpec::from_yaml(text).map_err(|e| e.to_string());
+    };
+    if kind.as_str() != Some("Profile") {
+        return Err(format!(
+            "kind: expected Profile (or a bare profile spec), found {}",
+            serde_yaml::to_string(kind).unwrap_or_default().trim()
+        ));
+    }
+    let spec = match document.get("spec") {
+        Some(spec) => serde_yaml::to_string(spec).map_err(|e| format!("spec: {e}"))?,
+        None => String::new(),
+    };
+    ProfileSpec::from_yaml(&spec).map_err(|e| format!("spec.{e}"))
 }
 
 /// Watch `path` and apply its changes to `engine` until the returned task is aborted or
@@ -61,7 +84,7 @@ pub fn watch_profile_file(
             }
             let result = std::str::from_utf8(&content)
                 .map_err(|e| format!("not UTF-8: {e}"))
-                .and_then(|text| ProfileSpec::from_yaml(text).map_err(|e| e.to_string()))
+                .and_then(parse_profile)
                 .and_then(|spec| engine.apply_profile(spec).map_err(|e| e.to_string()));
             match result {
                 Ok(()) => tracing::info!(path = %path.display(), "applied the changed profile"),
@@ -73,4 +96,29 @@ pub fn watch_profile_file(
             last = Some(content);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cellmesh_api::profile::Isolate;
+
+    #[test]
+    fn a_profile_file_is_a_bare_spec_or_a_profile_resource() {
+        let bare = parse_profile("isolate: thread\nqueueLimit: 3\n").unwrap();
+        assert_eq!((bare.isolate, bare.queue_limit), (Isolate::Thread, 3));
+        let resource = parse_profile(
+            "apiVersion: cellmesh.io/v1alpha1\nkind: Profile\nmetadata: {name: x}\nspec:\n  queueLimit: 3\n  isolate: thread\n",
+        )
+        .unwrap();
+        assert_eq!(resource, bare);
+        let empty = parse_profile("kind: Profile\nmetadata: {name: x}\n").unwrap();
+        assert_eq!(empty, ProfileSpec::default());
+        let err = parse_profile("kind: App\nspec: {}\n").unwrap_err();
+        assert!(err.contains("kind: expected Profile"), "{err}");
+        let err = parse_profile("kind: Profile\nspec: {concurrency: 0}\n").unwrap_err();
+        assert!(err.contains("concurrency"), "{err}");
+        let err = parse_profile("kind: Profile\nspec: {queueLimt: 3}\n").unwrap_err();
+        assert!(err.contains("queueLimt"), "{err}");
+    }
 }

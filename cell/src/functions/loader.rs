@@ -7,14 +7,17 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
 use cellmesh_api::service::{DiskStress, Loader};
 use rand::RngExt;
 use rand::seq::SliceRandom;
 
-use super::{FunctionError, blocking, body, cpu_work};
+use super::{BodySpec, Filler, FunctionError, Placement, blocking, body, cpu_work};
 
-pub(super) async fn run(params: &Loader, scratch_dir: &Path) -> Result<Bytes, FunctionError> {
+pub(super) async fn run(
+    params: &Loader,
+    scratch_dir: &Path,
+    placement: Placement,
+) -> Result<BodySpec, FunctionError> {
     let cpu = &params.cpu_stress;
     if cpu.run && cpu.thread_pool_size > 0 {
         // Each job draws its digit count once and runs `trials` computations (µBench).
@@ -25,7 +28,9 @@ pub(super) async fn run(params: &Loader, scratch_dir: &Path) -> Result<Bytes, Fu
                 .map(|_| rng.random_range(low..=high.max(low)) as usize)
                 .collect()
         };
-        let jobs = digits.into_iter().map(|d| cpu_work(d, cpu.trials));
+        let jobs = digits
+            .into_iter()
+            .map(|d| cpu_work(d, cpu.trials, placement));
         for result in futures::future::join_all(jobs).await {
             result?;
         }
@@ -33,12 +38,12 @@ pub(super) async fn run(params: &Loader, scratch_dir: &Path) -> Result<Bytes, Fu
     let memory = &params.memory_stress;
     if memory.run {
         let (size, io) = (memory.memory_size, memory.memory_io);
-        blocking(move || memory_stress(size, io)).await?;
+        blocking(placement, move || memory_stress(size, io)).await?;
     }
     if params.disk_stress.run {
         let disk = params.disk_stress.clone();
         let dir = scratch_dir.to_owned();
-        blocking(move || disk_stress(&dir, &disk)).await??;
+        blocking(placement, move || disk_stress(&dir, &disk)).await??;
     }
     let sleep = &params.sleep_stress;
     if sleep.run {
@@ -46,9 +51,11 @@ pub(super) async fn run(params: &Loader, scratch_dir: &Path) -> Result<Bytes, Fu
         let duration = Duration::try_from_secs_f64(sleep.sleep_time).unwrap_or_default();
         tokio::time::sleep(duration).await;
     }
-    let mut rng = rand::rng();
-    let len = body::body_len(&mut rng, params.mean_body_kb());
-    Ok(body::letters_body(&mut rng, len))
+    let len = body::body_len(&mut rand::rng(), params.mean_body_kb());
+    Ok(BodySpec {
+        fill: Filler::Letters,
+        len,
+    })
 }
 
 /// Allocates `size` blocks of 1000 bytes, then reads one block and replaces one block `io`
@@ -138,10 +145,11 @@ mod tests {
             ..Loader::default()
         };
         let start = Instant::now();
-        let body = run(&params, dir.path()).await.unwrap();
+        let body = run(&params, dir.path(), Placement::Offload).await.unwrap();
         // A lower bound only: the sleep really happened.
         assert!(start.elapsed() >= Duration::from_millis(50));
-        assert!(body.iter().all(u8::is_ascii_alphabetic));
+        assert_eq!(body.fill, Filler::Letters);
+        assert!(body.materialize().iter().all(u8::is_ascii_alphabetic));
     }
 
     #[tokio::test]
@@ -167,8 +175,10 @@ mod tests {
             },
             ..quiet()
         };
-        run(&params, dir.path()).await.unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        for placement in [Placement::Offload, Placement::InPlace] {
+            run(&params, dir.path(), placement).await.unwrap();
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
     }
 
     #[tokio::test]
@@ -180,7 +190,7 @@ mod tests {
             },
             ..quiet()
         };
-        let err = run(&params, Path::new("/nonexistent/dir"))
+        let err = run(&params, Path::new("/nonexistent/dir"), Placement::Offload)
             .await
             .unwrap_err();
         let text = err.to_string();
