@@ -6,6 +6,9 @@
 //! The Python interpreter comes from `CELLMESH_TEST_PYTHON` (set by `cargo xtask test|ci`),
 //! else `.venv/bin/python` under the workspace root; `cargo xtask setup` creates that venv.
 
+// Test helpers: a panic is the test failing with its message.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -228,7 +228,12 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
 }
 
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
-    let mut response = (code, body.to_string()).into_response();
+    json_text_response(code, body.to_string().into())
+}
+
+/// A response carrying already serialised JSON.
+pub fn json_text_response(code: StatusCode, body: bytes::Bytes) -> Response {
+    let mut response = (code, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
