@@ -19,6 +19,7 @@ mod objects;
 mod openapi;
 mod path;
 pub mod pki;
+mod pods;
 mod protobuf;
 mod registry;
 mod rest;
