@@ -10,6 +10,7 @@
 //! * [`types`] — merge semantics of built-in kinds (from Kubernetes' OpenAPI) and CRD schemas.
 //! * [`ssa`] — server-side apply with `managedFields`, conflicts and field removal.
 //! * [`schema`] — CRD structural schema: validation, defaulting, pruning, CEL rules.
+//! * [`quantity`] — resource quantities (`500m`, `128Mi`) compared by value.
 //! * [`rbac`] — RBAC authorization, bootstrap roles, forbidden messages, access reviews.
 //!
 //! How an API server uses it, per request: authorize with [`rbac::authorize`] (deny →
@@ -24,6 +25,7 @@
 
 pub mod field;
 pub mod patch;
+pub mod quantity;
 pub mod rbac;
 pub mod schema;
 pub mod selector;

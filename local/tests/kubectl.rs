@@ -583,3 +583,44 @@ fn selectors_patches_and_reapply() {
         "4"
     );
 }
+
+#[test]
+fn explain_reads_built_in_schemas() {
+    let server = Server::start();
+    let spec = server.kubectl(&["explain", "deployment.spec"]);
+    for expected in [
+        "GROUP:      apps",
+        "KIND:       Deployment",
+        "VERSION:    v1",
+        "FIELD: spec <DeploymentSpec>",
+        "Specification of the desired behavior of the Deployment.",
+        "  replicas\t<integer>",
+        "  selector\t<LabelSelector> -required-",
+        "  template\t<PodTemplateSpec> -required-",
+    ] {
+        assert!(spec.contains(expected), "{expected:?} missing in:\n{spec}");
+    }
+    let containers = server.kubectl(&["explain", "pod.spec.containers"]);
+    for expected in [
+        "KIND:       Pod",
+        "FIELD: containers <[]Container>",
+        "  name\t<string> -required-",
+        "  resources\t<ResourceRequirements>",
+        "  resizePolicy\t<[]ContainerResizePolicy>",
+    ] {
+        assert!(
+            containers.contains(expected),
+            "{expected:?} missing in:\n{containers}"
+        );
+    }
+    let limits = server.kubectl(&["explain", "pod.spec.containers.resources.limits"]);
+    assert!(
+        limits.contains("FIELD: limits <map[string]Quantity>"),
+        "{limits}"
+    );
+    let missing = server.kubectl_fails(&["explain", "pods.spec.nonexistent"], None);
+    assert!(
+        missing.contains(r#"field "nonexistent" does not exist"#),
+        "{missing}"
+    );
+}

@@ -2,6 +2,7 @@
 //! do it, so objects read back look like a real cluster's (kubectl's columns, `-o yaml`
 //! diffs and controllers depend on these fields being present).
 
+use cellmesh_apimachinery::quantity::Quantity;
 use serde_json::{Map, Value, json};
 
 use super::registry::ResourceInfo;
@@ -117,7 +118,7 @@ pub fn qos_class(spec: &Value) -> &'static str {
         for resource in ["cpu", "memory"] {
             let limit = limits.and_then(|l| l.get(resource));
             let request = requests.and_then(|r| r.get(resource)).or(limit);
-            if limit.is_none() || request != limit {
+            if limit.is_none() || !same_quantity(request, limit) {
                 guaranteed = false;
             }
         }
@@ -126,6 +127,19 @@ pub fn qos_class(spec: &Value) -> &'static str {
         (false, _) => "BestEffort",
         (true, true) => "Guaranteed",
         (true, false) => "Burstable",
+    }
+}
+
+/// Whether two quantities are equal by value (`"1"` and `"1000m"` are).
+fn same_quantity(a: Option<&Value>, b: Option<&Value>) -> bool {
+    let parse = |v: &Value| match v {
+        Value::String(s) => Quantity::parse(s).ok(),
+        Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
+        _ => None,
+    };
+    match (a.and_then(parse), b.and_then(parse)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
 }
 

@@ -266,6 +266,15 @@ impl FieldError {
             detail: format!("{value}: {detail}"),
         }
     }
+
+    pub fn forbidden(field: &str, detail: &str) -> Self {
+        Self {
+            field: field.to_owned(),
+            reason: "FieldValueForbidden",
+            kind: "Forbidden",
+            detail: detail.to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Display for FieldError {

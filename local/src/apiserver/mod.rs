@@ -19,6 +19,7 @@ mod objects;
 mod openapi;
 mod path;
 pub mod pki;
+mod pods;
 mod protobuf;
 mod registry;
 mod rest;
@@ -326,12 +327,10 @@ fn discovery_response(
             if !state.registry.serves_group_version(group, version) {
                 return Some(Err(ApiError::no_route()));
             }
-            rest::json_response(
-                StatusCode::OK,
-                &openapi::group_version(&state.registry, group, version, &|info| {
-                    crd::schema_of(state, info)
-                }),
-            )
+            let doc = openapi::document(&state.registry, group, version, &|info| {
+                crd::schema_of(state, info)
+            });
+            rest::json_text_response(StatusCode::OK, doc.text.clone())
         }
         ["apis", group, version] => {
             if !state.registry.serves_group_version(group, version) {

@@ -273,6 +273,10 @@ fn finalizers(object: &Value) -> Vec<String> {
 
 /// Prepares a replacement of `old` by `new` (PUT or the result of a patch).
 /// `subresource` is `None` for the main resource or `Some("status")`.
+fn is_pod(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.resource == "pods"
+}
+
 pub fn prepare_update(
     info: &ResourceInfo,
     old: &Value,
@@ -338,6 +342,7 @@ pub fn prepare_update(
             }
             result
         }
+        Some("resize") if is_pod(info) => super::pods::apply_resize(old, &new),
         _ => {
             if info.has_subresource("status")
                 && let Some(map) = new.as_object_mut()
@@ -372,6 +377,16 @@ pub fn prepare_update(
             };
         }
         meta.remove("selfLink");
+    }
+    if is_pod(info) {
+        let errors = match subresource {
+            Some("resize") => super::pods::validate_resize(old, &result),
+            None => super::pods::validate_update(old, &result),
+            Some(_) => Vec::new(),
+        };
+        if !errors.is_empty() {
+            return Err(ApiError::invalid("", "Pod", &name, &errors));
+        }
     }
     if info.tracks_generation && spec_view(&result) != spec_view(old) {
         let next = generation_of(old) + 1;

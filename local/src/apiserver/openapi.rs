@@ -1,17 +1,44 @@
 //! OpenAPI v3 (`/openapi/v3` and `/openapi/v3/<api|apis/group>/<version>`).
 //!
-//! What clients read from it today:
+//! What clients read from it:
 //! - kubectl checks a group-version document for a PATCH operation carrying
 //!   `x-kubernetes-group-version-kind` and a `fieldValidation` parameter; finding it, it
-//!   leaves validation to the server instead of downloading schemas for client-side checks;
-//! - `kubectl explain` reads `components.schemas` by `x-kubernetes-group-version-kind`: the
-//!   schemas of custom resources come from their CRD's `openAPIV3Schema`.
+//!   leaves validation to the server instead of downloading schemas for client-side checks.
+//!   The PATCH operations deliberately declare no request body: kubectl then computes
+//!   strategic-merge patches from its compiled-in types (whose patch strategies and merge
+//!   keys k8s-openapi's schemas do not carry) rather than from this document;
+//! - `kubectl explain` reads `components.schemas` by `x-kubernetes-group-version-kind`:
+//!   built-in kinds get k8s-openapi's schemas (generated with schemars' OpenAPI 3 settings,
+//!   `$ref`s under `#/components/schemas/` as Kubernetes publishes them), custom resources
+//!   their CRD's `openAPIV3Schema`.
 //!
-//! Built-in kinds are published without schemas for now.
+//! Built-in documents never change while the process runs, so each is rendered once, on
+//! first request, and kept as text with its hash (`builtin_document`); documents of groups
+//! with custom resources are rendered per request from the stored CRDs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use super::registry::{Registry, ResourceInfo};
+
+/// A rendered group-version document.
+pub struct Document {
+    pub text: bytes::Bytes,
+    pub hash: String,
+}
+
+impl Document {
+    fn new(doc: &Value) -> Self {
+        let text = doc.to_string();
+        Self {
+            hash: hash_of(&text),
+            text: text.into(),
+        }
+    }
+}
 
 /// The path segment of a group-version: `api/v1` or `apis/apps/v1`.
 fn gv_path(group: &str, version: &str) -> String {
@@ -30,15 +57,163 @@ fn hash_of(text: &str) -> String {
     format!("{h:016X}")
 }
 
+/// Adds `T`'s schema (and everything it references) to the generator's definitions.
+fn schema<T: schemars::JsonSchema>(generator: &mut SchemaGenerator) -> String {
+    generator.subschema_for::<T>();
+    T::schema_name().into_owned()
+}
+
+type SchemaFn = fn(&mut SchemaGenerator) -> String;
+
+/// The k8s-openapi type of every built-in kind the registry serves, by (group, kind).
+const BUILTIN_SCHEMAS: &[(&str, &str, SchemaFn)] = {
+    use k8s_openapi::api::{
+        apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
+        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery,
+        events::v1 as events, rbac::v1 as rbac,
+    };
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
+    &[
+        ("", "Namespace", schema::<core::Namespace>),
+        ("", "Pod", schema::<core::Pod>),
+        ("", "Service", schema::<core::Service>),
+        ("", "Endpoints", schema::<core::Endpoints>),
+        ("", "ConfigMap", schema::<core::ConfigMap>),
+        ("", "Secret", schema::<core::Secret>),
+        ("", "ServiceAccount", schema::<core::ServiceAccount>),
+        ("", "Event", schema::<core::Event>),
+        ("", "Node", schema::<core::Node>),
+        (
+            "discovery.k8s.io",
+            "EndpointSlice",
+            schema::<discovery::EndpointSlice>,
+        ),
+        ("events.k8s.io", "Event", schema::<events::Event>),
+        (
+            "coordination.k8s.io",
+            "Lease",
+            schema::<coordination::Lease>,
+        ),
+        ("apps", "Deployment", schema::<apps::Deployment>),
+        ("apps", "ReplicaSet", schema::<apps::ReplicaSet>),
+        (
+            "authorization.k8s.io",
+            "SelfSubjectAccessReview",
+            schema::<authz::SelfSubjectAccessReview>,
+        ),
+        (
+            "authorization.k8s.io",
+            "SelfSubjectRulesReview",
+            schema::<authz::SelfSubjectRulesReview>,
+        ),
+        (
+            "authentication.k8s.io",
+            "SelfSubjectReview",
+            schema::<authn::SelfSubjectReview>,
+        ),
+        ("rbac.authorization.k8s.io", "Role", schema::<rbac::Role>),
+        (
+            "rbac.authorization.k8s.io",
+            "RoleBinding",
+            schema::<rbac::RoleBinding>,
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "ClusterRole",
+            schema::<rbac::ClusterRole>,
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            schema::<rbac::ClusterRoleBinding>,
+        ),
+        (
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            schema::<apiextensions::CustomResourceDefinition>,
+        ),
+    ]
+};
+
+/// Schemas of one document: each kind's schema name and all definitions they reference.
+struct Schemas {
+    generator: SchemaGenerator,
+    names: HashMap<String, String>,
+}
+
+impl Schemas {
+    fn new() -> Self {
+        Self {
+            generator: SchemaSettings::openapi3()
+                .with(|s| s.meta_schema = None)
+                .into_generator(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// The `components.schemas` name of a kind, adding its schema on first use.
+    fn name_of(&mut self, info: &ResourceInfo) -> String {
+        if let Some(name) = self.names.get(&info.kind) {
+            return name.clone();
+        }
+        let builtin = (!info.custom && info.version == "v1")
+            .then(|| {
+                BUILTIN_SCHEMAS
+                    .iter()
+                    .find(|(group, kind, _)| *group == info.group && *kind == info.kind)
+            })
+            .flatten();
+        let name = match builtin {
+            Some((_, _, add)) => add(&mut self.generator),
+            None => schema_name(info),
+        };
+        self.names.insert(info.kind.clone(), name.clone());
+        name
+    }
+
+    fn into_definitions(mut self) -> Map<String, Value> {
+        self.generator.take_definitions(true)
+    }
+}
+
+/// Rendered built-in documents by group-version path (built on first request).
+static BUILTIN_DOCUMENTS: LazyLock<Mutex<HashMap<String, Arc<Document>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The document of one group-version; built-in ones come from the process-wide cache.
+pub fn document(
+    registry: &Registry,
+    group: &str,
+    version: &str,
+    crd_schemas: &dyn Fn(&ResourceInfo) -> Option<Value>,
+) -> Arc<Document> {
+    let infos: Vec<Arc<ResourceInfo>> = registry
+        .all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if infos.iter().any(|r| r.custom) {
+        return Arc::new(Document::new(&render(&infos, group, version, crd_schemas)));
+    }
+    let path = gv_path(group, version);
+    let mut cache = BUILTIN_DOCUMENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache
+        .entry(path)
+        .or_insert_with(|| Arc::new(Document::new(&render(&infos, group, version, crd_schemas))))
+        .clone()
+}
+
 pub fn root(registry: &Registry, crd_schemas: &dyn Fn(&ResourceInfo) -> Option<Value>) -> Value {
     let mut paths = Map::new();
     for (group, versions) in registry.groups() {
         for version in versions {
-            let doc = group_version(registry, &group, &version, crd_schemas);
+            let doc = document(registry, &group, &version, crd_schemas);
             let path = gv_path(&group, &version);
             paths.insert(
                 path.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", hash_of(&doc.to_string()))}),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={}", doc.hash)}),
             );
         }
     }
@@ -69,20 +244,18 @@ fn parameters() -> Value {
     ])
 }
 
-/// The document of one group-version, or `None` when it is not served.
-pub fn group_version(
-    registry: &Registry,
+/// Renders the document of one group-version serving `infos`.
+fn render(
+    infos: &[Arc<ResourceInfo>],
     group: &str,
     version: &str,
     crd_schemas: &dyn Fn(&ResourceInfo) -> Option<Value>,
 ) -> Value {
     let mut paths = Map::new();
-    let mut schemas = Map::new();
-    for info in registry
-        .all()
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    let mut builtin = Schemas::new();
+    let mut custom = Map::new();
+    let mut kinds = Vec::new();
+    for info in infos {
         let gvk = json!({"group": info.group, "version": info.version, "kind": info.kind});
         let scope = if info.namespaced {
             "/namespaces/{namespace}"
@@ -94,7 +267,8 @@ pub fn group_version(
             gv_path(group, version),
             info.resource
         );
-        let reference = json!({"$ref": format!("#/components/schemas/{}", schema_name(info))});
+        let name = builtin.name_of(info);
+        let reference = json!({"$ref": format!("#/components/schemas/{name}")});
         paths.insert(
             item,
             json!({
@@ -105,13 +279,20 @@ pub fn group_version(
                           "responses": {"200": {"content": {"application/json": {"schema": reference}}}}},
             }),
         );
-        let mut schema = crd_schemas(info).unwrap_or_else(
-            || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
-        );
-        if let Some(map) = schema.as_object_mut() {
-            map.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+        if !builtin.generator.definitions().contains_key(&name) {
+            let schema = crd_schemas(info).unwrap_or_else(
+                || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+            );
+            custom.insert(name.clone(), schema);
         }
-        schemas.insert(schema_name(info), schema);
+        kinds.push((name, gvk));
+    }
+    let mut schemas = builtin.into_definitions();
+    schemas.extend(custom);
+    for (name, gvk) in kinds {
+        if let Some(Value::Object(schema)) = schemas.get_mut(&name) {
+            schema.insert("x-kubernetes-group-version-kind".into(), json!([gvk]));
+        }
     }
     json!({
         "openapi": "3.0.0",
@@ -139,9 +320,14 @@ mod tests {
         );
     }
 
+    fn parsed(group: &str, version: &str) -> Value {
+        let doc = document(&Registry::new(), group, version, &|_| None);
+        serde_json::from_slice(&doc.text).unwrap()
+    }
+
     #[test]
-    fn patch_operations_advertise_field_validation() {
-        let doc = group_version(&Registry::new(), "apps", "v1", &|_| None);
+    fn patch_operations_advertise_field_validation_without_a_body() {
+        let doc = parsed("apps", "v1");
         let patch =
             &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
         assert_eq!(
@@ -155,6 +341,69 @@ mod tests {
                 .iter()
                 .any(|p| p["name"] == "fieldValidation")
         );
-        assert!(doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        // A request body would make kubectl build strategic-merge patches from these
+        // schemas, which lack patch strategies and merge keys.
+        assert!(patch.get("requestBody").is_none());
+    }
+
+    #[test]
+    fn builtin_kinds_have_their_schemas_with_references_resolvable() {
+        let doc = parsed("apps", "v1");
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let deployment = &schemas["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            deployment["x-kubernetes-group-version-kind"],
+            json!([{"group": "apps", "version": "v1", "kind": "Deployment"}])
+        );
+        // A described reference is wrapped in allOf, as Kubernetes publishes it.
+        let spec = &deployment["properties"]["spec"];
+        assert_eq!(
+            spec["allOf"][0]["$ref"],
+            "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        assert!(spec["description"].as_str().unwrap().contains("desired"));
+        // Every reference in the document names a schema of the document.
+        let text = doc.to_string();
+        for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "dangling reference {name}");
+        }
+        assert!(schemas.contains_key("io.k8s.api.core.v1.Container"));
+    }
+
+    #[test]
+    fn builtin_documents_are_rendered_once() {
+        let first = document(&Registry::new(), "", "v1", &|_| None);
+        let second = document(&Registry::new(), "", "v1", &|_| None);
+        assert!(Arc::ptr_eq(&first, &second));
+        let pod: Value = serde_json::from_slice(&first.text).unwrap();
+        assert!(
+            pod["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+                ["items"]
+                .is_object()
+        );
+    }
+
+    #[test]
+    fn custom_resources_use_their_crd_schema() {
+        let registry = Registry::new();
+        let mut info = (*registry.lookup("apps", "v1", "deployments").unwrap()).clone();
+        info.group = "cellmesh.io".into();
+        info.version = "v1alpha1".into();
+        info.kind = "WorkModel".into();
+        info.resource = "workmodels".into();
+        info.custom = true;
+        registry.set_custom("workmodels.cellmesh.io", vec![info]);
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object"}}});
+        let doc = document(&registry, "cellmesh.io", "v1alpha1", &|_| {
+            Some(schema.clone())
+        });
+        let doc: Value = serde_json::from_slice(&doc.text).unwrap();
+        let workmodel = &doc["components"]["schemas"]["io.cellmesh.v1alpha1.WorkModel"];
+        assert_eq!(workmodel["properties"]["spec"]["type"], "object");
+        assert_eq!(
+            workmodel["x-kubernetes-group-version-kind"][0]["kind"],
+            "WorkModel"
+        );
     }
 }

@@ -94,8 +94,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         Some(Field::Bytes(b)) => b.clone(),
         _ => bytes::Bytes::new(),
     };
-    let full_name = format!("{}.{kind}", package_of(&api_version));
-    let desc = pool.get_message_by_name(&full_name).ok_or_else(|| {
+    // Option kinds (DeleteOptions …) live in meta/v1 whatever group-version the client
+    // names: client-go sends a DELETE's body as `v1, Kind=DeleteOptions` (Helm's uninstall).
+    let desc = pool
+        .get_message_by_name(&format!("{}.{kind}", package_of(&api_version)))
+        .or_else(|| pool.get_message_by_name(&format!("{META}.{kind}")));
+    let desc = desc.ok_or_else(|| {
         tracing::warn!(%api_version, %kind, "protobuf body of a kind without a vendored schema");
         ApiError::unsupported_media_type(&format!(
             "{MEDIA_TYPE} (no protobuf schema for {api_version}, Kind={kind}; send JSON)"
@@ -295,6 +299,7 @@ pub fn encode_for_test(object: &Value) -> Vec<u8> {
     let kind = object["kind"].as_str().unwrap();
     let desc = pool
         .get_message_by_name(&format!("{}.{kind}", package_of(api_version)))
+        .or_else(|| pool.get_message_by_name(&format!("{META}.{kind}")))
         .unwrap();
     let mut body = object.clone();
     let map = body.as_object_mut().unwrap();
@@ -330,6 +335,14 @@ mod tests {
             package_of("rbac.authorization.k8s.io/v1"),
             "k8s.io.api.rbac.v1"
         );
+    }
+
+    #[test]
+    fn delete_options_decode_whatever_group_version_names_them() {
+        // Helm's uninstall: client-go sends the DELETE body as `v1, Kind=DeleteOptions`.
+        let opts = json!({"apiVersion": "v1", "kind": "DeleteOptions",
+            "propagationPolicy": "Background", "gracePeriodSeconds": 0});
+        assert_eq!(decode(&encode_for_test(&opts)).unwrap(), opts);
     }
 
     #[test]

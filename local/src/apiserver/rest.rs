@@ -228,7 +228,12 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
 }
 
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
-    let mut response = (code, body.to_string()).into_response();
+    json_text_response(code, body.to_string().into())
+}
+
+/// A response carrying already serialised JSON.
+pub fn json_text_response(code: StatusCode, body: bytes::Bytes) -> Response {
+    let mut response = (code, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
@@ -287,7 +292,7 @@ pub async fn handle(req: Request<'_>) -> Result<Response, ApiError> {
                 list(&req, &info)
             }
         }
-        (&Method::GET, true, None | Some("status")) => get(&req, &info),
+        (&Method::GET, true, None | Some("status" | "resize")) => get(&req, &info),
         (&Method::GET, true, Some("scale")) => get_scale(&req, &info),
         (&Method::GET, true, Some("log")) => Err(ApiError::bad_request(format!(
             "pod {} does not have a host assigned",
@@ -582,11 +587,11 @@ fn update_mutation(
     })
 }
 
-/// `status` and `resize` subresources take the status/spec of the body; `finalize` is a
-/// plain update of a namespace's spec.finalizers.
+/// The `status` subresource takes the body's status, `resize` its containers' resources
+/// (`pods::apply_resize`); `finalize` is a plain update of a namespace's spec.finalizers.
 fn subresource_of_update(sub: Option<&str>) -> Option<String> {
     match sub {
-        Some("status") => Some("status".into()),
+        Some(sub @ ("status" | "resize")) => Some(sub.into()),
         _ => None,
     }
 }
