@@ -582,11 +582,11 @@ fn update_mutation(
     })
 }
 
-/// `status` and `resize` subresources take the status/spec of the body; `finalize` is a
-/// plain update of a namespace's spec.finalizers.
+/// `status` takes the status of the body, `finalize` a namespace's spec.finalizers;
+/// `resize` is (for now) an update of the main resource.
 fn subresource_of_update(sub: Option<&str>) -> Option<String> {
     match sub {
-        Some("status") => Some("status".into()),
+        Some(sub @ ("status" | "finalize")) => Some(sub.into()),
         _ => None,
     }
 }
