@@ -22,6 +22,7 @@ pub mod pki;
 mod protobuf;
 mod registry;
 mod rest;
+mod serviceaccount;
 pub mod store;
 mod table;
 mod watch;

@@ -542,6 +542,9 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     let warnings = options.prune(&mut body)?;
     options.default(&mut body);
     let incoming = managed::managed_fields(&body);
+    if info.group.is_empty() && info.resource == "pods" && !info.custom {
+        admit_pod(req, &mut body);
+    }
     let prepared = objects::prepare_create(info, req.target.namespace.as_deref(), body, &stamp)?;
     let prepared = options.finish(None, Outcome::Put(prepared), incoming.as_ref(), None)?;
     let Outcome::Put(prepared) = prepared else {
@@ -564,6 +567,22 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
         respond_object(req, info, StatusCode::CREATED, &committed.object),
         &warnings,
     ))
+}
+
+/// Admission of a pod being created: the ServiceAccount token volume.
+fn admit_pod(req: &Request<'_>, pod: &mut Value) {
+    let account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let automount = req.target.namespace.as_deref().and_then(|ns| {
+        req.state
+            .store
+            .get("/serviceaccounts", &object_key(Some(ns), account))?
+            .get("automountServiceAccountToken")?
+            .as_bool()
+    });
+    super::serviceaccount::mount_token(pod, automount, &objects::name_suffix());
 }
 
 fn update_mutation(

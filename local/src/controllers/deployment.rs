@@ -980,9 +980,12 @@ mod tests {
 
     #[test]
     fn unhealthy_old_pods_go_first() {
-        // 3 old pods, 1 unavailable; nothing new available yet, no unavailability allowed.
-        let down = old_sets_scale_down(3, 0, &set("new", 1, 0), &[set("old", 3, 2)]);
+        // 3 old pods, 2 of them unavailable, one may be unavailable: only an unhealthy one
+        // goes (available pods are already at the minimum).
+        let down = old_sets_scale_down(3, 1, &set("new", 1, 0), &[set("old", 3, 1)]);
         assert_eq!(down, vec![("old".to_owned(), 2)]);
+        // Nothing may go while that would leave fewer than replicas - maxUnavailable.
+        assert!(old_sets_scale_down(3, 0, &set("new", 1, 0), &[set("old", 3, 2)]).is_empty());
     }
 
     #[test]
