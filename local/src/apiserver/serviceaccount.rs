@@ -62,15 +62,13 @@ pub fn mount_token(pod: &mut Value, account_automount: Option<bool>, suffix: &st
             continue;
         };
         for container in containers.iter_mut().filter_map(Value::as_object_mut) {
-            let mounts = container
-                .entry("volumeMounts")
-                .or_insert_with(|| json!([]));
+            let mounts = container.entry("volumeMounts").or_insert_with(|| json!([]));
             let Some(mounts) = mounts.as_array_mut() else {
                 continue;
             };
-            let taken = mounts.iter().any(|m| {
-                m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_MOUNT_PATH)
-            });
+            let taken = mounts
+                .iter()
+                .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(TOKEN_MOUNT_PATH));
             if !taken {
                 mounts.push(mount.clone());
                 needed = true;
@@ -115,7 +113,9 @@ mod tests {
             assert_eq!(mount["mountPath"], TOKEN_MOUNT_PATH);
             assert_eq!(mount["readOnly"], true);
         }
-        let b = p["spec"]["containers"][1]["volumeMounts"].as_array().unwrap();
+        let b = p["spec"]["containers"][1]["volumeMounts"]
+            .as_array()
+            .unwrap();
         assert_eq!(b.len(), 1, "a container with its own mount there keeps it");
     }
 

@@ -476,7 +476,10 @@ mod tests {
         assert_eq!((port.name.as_deref(), port.port), (Some("http"), 8080));
 
         let numeric = members(&service(json!(9090)), &pods);
-        assert_eq!(super::subsets(&numeric)[0].ports.as_ref().unwrap()[0].port, 9090);
+        assert_eq!(
+            super::subsets(&numeric)[0].ports.as_ref().unwrap()[0].port,
+            9090
+        );
     }
 
     #[test]
