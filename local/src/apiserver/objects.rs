@@ -405,7 +405,7 @@ pub fn prepare_update(
     }
     if meta_str(&result, "deletionTimestamp").is_some()
         && finalizers(&result).is_empty()
-        && !(is_namespace(info) && !spec_finalizers(&result).is_empty())
+        && (!is_namespace(info) || spec_finalizers(&result).is_empty())
     {
         return Ok(Outcome::Delete(result));
     }
@@ -858,6 +858,96 @@ mod tests {
             409
         );
         assert!(DeleteOptions::from_parts(None, Some("Sideways"), None).is_err());
+    }
+
+    #[test]
+    fn an_explicit_policy_replaces_the_propagation_finalizers() {
+        let keep = || vec!["example.com/keep".to_owned()];
+        let with = |f: &str| vec!["example.com/keep".to_owned(), f.to_owned()];
+        assert_eq!(
+            gc_finalizers(&keep(), Some("Foreground")),
+            with("foregroundDeletion")
+        );
+        assert_eq!(
+            gc_finalizers(&with("orphan"), Some("Foreground")),
+            with("foregroundDeletion")
+        );
+        assert_eq!(gc_finalizers(&with("orphan"), Some("Background")), keep());
+        assert_eq!(
+            gc_finalizers(&with("orphan"), None),
+            with("orphan"),
+            "no policy keeps it"
+        );
+        assert_eq!(
+            gc_finalizers(&keep(), None),
+            keep(),
+            "background by default"
+        );
+
+        // The garbage collector re-deletes a dependent of a foreground deletion with
+        // Foreground while it is already being deleted: the finalizer switches.
+        let deploy = info("apps", "deployments");
+        let orphaning = put(prepare_delete(
+            &deploy,
+            &stored_deployment(),
+            &DeleteOptions::from_parts(None, Some("Orphan"), None).unwrap(),
+            "t",
+        )
+        .unwrap());
+        let switched = put(prepare_delete(
+            &deploy,
+            &orphaning,
+            &DeleteOptions::from_parts(None, Some("Foreground"), None).unwrap(),
+            "later",
+        )
+        .unwrap());
+        assert_eq!(
+            switched["metadata"]["finalizers"],
+            json!(["foregroundDeletion"])
+        );
+        assert_eq!(
+            switched["metadata"]["deletionTimestamp"], "t",
+            "the deadline stays"
+        );
+        let background = DeleteOptions::from_parts(None, Some("Background"), None).unwrap();
+        assert!(matches!(
+            prepare_delete(&deploy, &switched, &background, "t").unwrap(),
+            Outcome::Delete(_)
+        ));
+    }
+
+    #[test]
+    fn namespaces_terminate_until_finalized() {
+        let ns_info = info("", "namespaces");
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "team", "uid": "u", "resourceVersion": "3"},
+                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let marked = put(prepare_delete(&ns_info, &ns, &DeleteOptions::default(), "t").unwrap());
+        assert_eq!(marked["status"]["phase"], "Terminating");
+        assert_eq!(marked["metadata"]["deletionTimestamp"], "t");
+        assert!(matches!(
+            prepare_delete(&ns_info, &marked, &DeleteOptions::default(), "t").unwrap(),
+            Outcome::Unchanged(_)
+        ));
+        // A plain update cannot drop spec.finalizers; `finalize` can, and then it is gone.
+        let mut cleared = marked.clone();
+        cleared["spec"]["finalizers"] = json!([]);
+        let updated = prepare_update(&ns_info, &marked, cleared.clone(), None).unwrap();
+        assert!(matches!(updated, Outcome::Unchanged(_)), "{updated:?}");
+        assert!(matches!(
+            prepare_update(&ns_info, &marked, cleared, Some("finalize")).unwrap(),
+            Outcome::Delete(_)
+        ));
+        let mut held = marked.clone();
+        held["metadata"]["finalizers"] = json!(["example.com/x"]);
+        let mut cleared = held.clone();
+        cleared["spec"]["finalizers"] = json!([]);
+        let kept = put(prepare_update(&ns_info, &held, cleared, Some("finalize")).unwrap());
+        assert_eq!(
+            kept["spec"]["finalizers"],
+            json!([]),
+            "metadata finalizers still hold it"
+        );
     }
 
     #[test]
