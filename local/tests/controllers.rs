@@ -771,12 +771,21 @@ async fn endpoints_and_slices_follow_pod_readiness() {
             == "/var/run/secrets/kubernetes.io/serviceaccount"
             && m.name == volume.name));
     }
-    pods.create(
-        &PostParams::default(),
-        &pod_manifest("other", &BTreeMap::from([("app", "db")])),
-    )
-    .await
-    .unwrap();
+    // Pods created by server-side apply are admitted the same way.
+    let ssa = "apiVersion: v1\nkind: Pod\nmetadata: {name: other, labels: {app: db}}\nspec:\n  containers: [{name: c, image: example/app:v1}]\n";
+    kubectl_stdin(&server, &["apply", "--server-side", "-f", "-"], ssa).await;
+    let other = pods.get("other").await.unwrap().spec.unwrap();
+    assert!(
+        other
+            .volumes
+            .unwrap()
+            .iter()
+            .any(|v| v.name.starts_with("kube-api-access-"))
+    );
+    assert_eq!(
+        other.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
+        "/var/run/secrets/kubernetes.io/serviceaccount"
+    );
     let service: Service = serde_json::from_value(json!({
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},

@@ -542,7 +542,7 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     let warnings = options.prune(&mut body)?;
     options.default(&mut body);
     let incoming = managed::managed_fields(&body);
-    if info.group.is_empty() && info.resource == "pods" && !info.custom {
+    if is_pod(info) {
         admit_pod(req, &mut body);
     }
     let prepared = objects::prepare_create(info, req.target.namespace.as_deref(), body, &stamp)?;
@@ -571,18 +571,27 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
 
 /// Admission of a pod being created: the ServiceAccount token volume.
 fn admit_pod(req: &Request<'_>, pod: &mut Value) {
+    let automount = account_automount(req, pod);
+    super::serviceaccount::mount_token(pod, automount, &objects::name_suffix());
+}
+
+/// `automountServiceAccountToken` of the pod's ServiceAccount, if set.
+fn account_automount(req: &Request<'_>, pod: &Value) -> Option<bool> {
     let account = pod
         .pointer("/spec/serviceAccountName")
+        .or_else(|| pod.pointer("/spec/serviceAccount"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let automount = req.target.namespace.as_deref().and_then(|ns| {
-        req.state
-            .store
-            .get("/serviceaccounts", &object_key(Some(ns), account))?
-            .get("automountServiceAccountToken")?
-            .as_bool()
-    });
-    super::serviceaccount::mount_token(pod, automount, &objects::name_suffix());
+    let ns = req.target.namespace.as_deref()?;
+    req.state
+        .store
+        .get("/serviceaccounts", &object_key(Some(ns), account))?
+        .get("automountServiceAccountToken")?
+        .as_bool()
+}
+
+fn is_pod(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.resource == "pods" && !info.custom
 }
 
 fn update_mutation(
@@ -704,6 +713,9 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
     // The configuration is pruned but not defaulted: its applier must not own defaults.
     let warnings = options.prune(&mut config)?;
     let namespace = req.target.namespace.clone();
+    // A pod created by apply is admitted like any new pod.
+    let pod_admission =
+        is_pod(info).then(|| (account_automount(req, &config), objects::name_suffix()));
     let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let was_created = Arc::clone(&created);
     let mutation: Mutation = Box::new(move |current| {
@@ -721,6 +733,9 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
                 let applied = managed::managed_fields(&merged);
                 let mut merged = merged;
                 options.default(&mut merged);
+                if let Some((automount, suffix)) = &pod_admission {
+                    super::serviceaccount::mount_token(&mut merged, *automount, suffix);
+                }
                 let prepared =
                     objects::prepare_create(info, namespace.as_deref(), merged, &Stamp::fresh())?;
                 was_created.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -106,7 +106,12 @@ pub fn plan(graph: &Graph) -> Vec<Action> {
         }
     }
     let mut actions = Vec::new();
-    let mut nodes: Vec<&Node> = graph.values().collect();
+    // Most objects neither have owners nor are being deleted with a propagation
+    // finalizer: skip them cheaply (the graph holds every object of the cluster).
+    let mut nodes: Vec<&Node> = graph
+        .values()
+        .filter(|n| !n.owners.is_empty() || n.orphaning() || n.deleting_dependents())
+        .collect();
     // Deterministic order: tests compare plans, and logs read better.
     nodes.sort_by(|a, b| a.uid.cmp(&b.uid));
     for node in nodes {
@@ -378,7 +383,7 @@ async fn execute(client: &kube::Client, watches: &Watches, node: &Node, action: 
                 }),
                 ..DeleteParams::default()
             };
-            tracing::info!(object = %format!("{}/{}", node.served.key(), node.name), namespace, policy, "garbage collector deletes an object whose owners are gone");
+            tracing::info!(object = %format!("{}/{}", node.served.key(), node.name), namespace, policy, "garbage collector deletes a dependent");
             api.delete(&node.name, &params).await.map(|_| ())
         }
         Action::SetOwners { keep, .. } => {
@@ -441,6 +446,8 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> anyhow::R
             change = rx.recv() => {
                 let Some(change) = change else { return Ok(()) };
                 apply(change, &mut graph);
+                // Coalesce bursts (a rollout, a namespace sweep, a bulk load) into one pass.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 while let Ok(change) = rx.try_recv() {
                     apply(change, &mut graph);
                 }
