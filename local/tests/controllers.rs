@@ -349,6 +349,36 @@ async fn deployments_create_scale_and_roll_replica_sets() {
     let out = kubectl(&server, &["get", "deployment", "web", "--no-headers"]).await;
     let fields: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(&fields[..4], ["web", "4/4", "4", "4"], "{out}");
+
+    // `rollout undo` brings the first ReplicaSet back (renumbered), no third one appears.
+    kubectl(&server, &["rollout", "undo", "deployment/web"]).await;
+    let out = kubectl(
+        &server,
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+    )
+    .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let rs_list = sets.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(
+        rs_list.len(),
+        2,
+        "{:?}",
+        rs_list
+            .iter()
+            .map(|r| r.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let first = sets.get(&rs_name).await.unwrap();
+    assert_eq!(first.spec.as_ref().unwrap().replicas, Some(4));
+    assert_eq!(
+        first.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    let history = kubectl(&server, &["rollout", "history", "deployment/web"]).await;
+    assert!(
+        history.contains("\n2 ") && history.contains("\n3 "),
+        "{history}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,11 +387,30 @@ async fn recreate_replaces_all_pods_at_once() {
     let client = client_for(&server).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let _node = AbortOnDrop(simulate_node(pods.clone(), Duration::from_millis(30)));
-    let yaml = deployment_yaml("db", 2, "example/app:v1").replace(
-        "    type: RollingUpdate\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 1}\n",
-        "    type: Recreate\n",
-    );
-    kubectl_stdin(&server, &["apply", "-f", "-"], &yaml).await;
+    // `kubectl create` sends protobuf: the stored template spells out zero values, which
+    // must not make `rollout undo` (a template without them) look like a new template.
+    kubectl(
+        &server,
+        &[
+            "create",
+            "deployment",
+            "db",
+            "--image=example/app:v1",
+            "--replicas=2",
+        ],
+    )
+    .await;
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "deployment",
+            "db",
+            "-p",
+            r#"{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}"#,
+        ],
+    )
+    .await;
     kubectl(
         &server,
         &["rollout", "status", "deployment/db", "--timeout=30s"],
@@ -369,7 +418,7 @@ async fn recreate_replaces_all_pods_at_once() {
     .await;
     kubectl(
         &server,
-        &["set", "image", "deployment/db", "c=example/app:v2"],
+        &["set", "image", "deployment/db", "app=example/app:v2"],
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -403,6 +452,20 @@ async fn recreate_replaces_all_pods_at_once() {
         &["rollout", "status", "deployment/db", "--timeout=30s"],
     )
     .await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let before = names(&sets).await;
+    assert_eq!(before.len(), 2);
+    kubectl(&server, &["rollout", "undo", "deployment/db"]).await;
+    kubectl(
+        &server,
+        &["rollout", "status", "deployment/db", "--timeout=30s"],
+    )
+    .await;
+    assert_eq!(
+        names(&sets).await,
+        before,
+        "undo reuses the first ReplicaSet"
+    );
 }
 
 async fn names<K>(api: &Api<K>) -> Vec<String>

@@ -74,11 +74,38 @@ fn canonical(value: &Value, out: &mut String) {
     }
 }
 
+/// A value with its zero values (`false`, `0`, `""`, `null`, `{}`, `[]`) removed: Go
+/// clients omit them when they serialize a template (`omitempty`) while others spell them
+/// out, and Kubernetes compares templates as Go structs, where both are the same.
+fn without_zero_values(value: &Value) -> Value {
+    fn is_zero(v: &Value) -> bool {
+        match v {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+        }
+    }
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), without_zero_values(v)))
+                .filter(|(_, v)| !is_zero(v))
+                .collect(),
+        ),
+        // List items keep their position (a zero item is still an item).
+        Value::Array(items) => Value::Array(items.iter().map(without_zero_values).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The `pod-template-hash` of a template (and collision count).
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
     let mut text = String::new();
     canonical(
-        &serde_json::to_value(template).unwrap_or(Value::Null),
+        &without_zero_values(&serde_json::to_value(template).unwrap_or(Value::Null)),
         &mut text,
     );
     let mut hash: u32 = 0x811c_9dc5;
@@ -101,7 +128,7 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
 
 /// A template without the hash label, for "is this the current template" comparisons.
 fn without_hash(template: Option<&PodTemplateSpec>) -> Value {
-    let mut value = serde_json::to_value(template).unwrap_or(Value::Null);
+    let mut value = without_zero_values(&serde_json::to_value(template).unwrap_or(Value::Null));
     if let Some(labels) = value
         .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
@@ -907,6 +934,27 @@ mod tests {
         assert!(
             is_current(&d, &rs),
             "the hash label does not make the template differ"
+        );
+        // Zero values spelled out (as protobuf-decoding clients write them) change nothing.
+        let mut spelled = rs.clone();
+        let template = spelled.spec.as_mut().unwrap().template.as_mut().unwrap();
+        template.spec.as_mut().unwrap().host_network = Some(false);
+        template.spec.as_mut().unwrap().containers[0].stdin = Some(false);
+        template.metadata.as_mut().unwrap().generation = Some(0);
+        assert!(is_current(&d, &spelled));
+        let mut spelled_d = d.clone();
+        spelled_d
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .host_ipc = Some(false);
+        assert_eq!(
+            template_hash(&spelled_d.spec.as_ref().unwrap().template, None),
+            h
         );
         let mut changed = d.clone();
         changed
