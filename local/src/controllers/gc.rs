@@ -343,6 +343,11 @@ async fn confirmed_absent(
         // Kubernetes keeps dependents of owners whose kind it cannot resolve.
         return false;
     };
+    if served.namespaced && namespace.is_none() {
+        // A cluster-scoped dependent cannot have a namespaced owner: Kubernetes treats the
+        // reference as unresolvable and never collects the dependent.
+        return false;
+    }
     match served.api(client, namespace).get_opt(&owner.name).await {
         Ok(None) => true,
         Ok(Some(live)) => live.metadata.uid.as_deref() != Some(owner.uid.as_str()),
