@@ -201,6 +201,9 @@ fn finalizer_done(node: &Node, finalizer: &str) -> Action {
     }
 }
 
+/// How many deletions and patches run at once (Kubernetes' default is 20 workers).
+const WORKERS: usize = 16;
+
 /// What the per-resource watch tasks report.
 enum Change {
     Upsert(Node),
@@ -465,14 +468,27 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken) -> anyhow::R
         }
         retry = false;
         acted.retain(|uid, _| graph.contains_key(uid));
-        for action in plan(&graph) {
-            let Some(node) = graph.get(action.uid()) else {
-                continue;
-            };
-            if acted.get(&node.uid) == Some(&node.resource_version) {
-                continue;
-            }
-            match execute(&client, &watches, node, &action).await {
+        let todo: Vec<(&Node, Action)> = plan(&graph)
+            .into_iter()
+            .filter_map(|action| Some((graph.get(action.uid())?, action)))
+            .filter(|(node, _)| acted.get(&node.uid) != Some(&node.resource_version))
+            .collect();
+        // Like Kubernetes' collector workers: independent objects are handled concurrently.
+        // (The futures are built eagerly: a stream closure returning borrowing futures
+        // trips the compiler's `Send` inference for the spawned task.)
+        let work: Vec<_> = todo
+            .into_iter()
+            .map(|(node, action)| {
+                let (client, watches) = (&client, &watches);
+                Box::pin(async move { (node, execute(client, watches, node, &action).await) })
+            })
+            .collect();
+        let outcomes: Vec<(&Node, Done)> = futures::stream::iter(work)
+            .buffer_unordered(WORKERS)
+            .collect()
+            .await;
+        for (node, done) in outcomes {
+            match done {
                 Done::Applied => {
                     acted.insert(node.uid.clone(), node.resource_version.clone());
                 }

@@ -263,7 +263,9 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, kube
         // Pods terminating gracefully and objects with finalizers take a while.
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let mut finalized: Namespace = api.get(&name).await?;
+    let Some(mut finalized) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
     if let Some(spec) = finalized.spec.as_mut() {
         spec.finalizers = Some(finalizers.into_iter().filter(|f| f != FINALIZER).collect());
     }

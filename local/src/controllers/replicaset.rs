@@ -313,7 +313,14 @@ fn replica_failure(
 }
 
 fn error_policy(rs: Arc<ReplicaSet>, err: &kube::Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(replicaset = %util::key_of(&rs.metadata), %err, "replicaset sync failed; retrying");
+    // Refusals (a namespace being deleted) and stale reads are expected: the ReplicaFailure
+    // condition already says why.
+    let expected = util::is_stale(err) || matches!(err, kube::Error::Api(s) if s.code == 403);
+    if expected {
+        tracing::debug!(replicaset = %util::key_of(&rs.metadata), %err, "replicaset sync failed; retrying");
+    } else {
+        tracing::warn!(replicaset = %util::key_of(&rs.metadata), %err, "replicaset sync failed; retrying");
+    }
     Action::requeue(Duration::from_secs(1))
 }
 
