@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::apiserver;
+use crate::{apiserver, controllers};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,11 @@ struct ApiserverArgs {
     /// How many recent changes watches can resume from before they must relist (410 Gone).
     #[arg(long, default_value_t = 100_000)]
     event_window: usize,
+    /// Controllers to run in this process once the server is ready: `all`, `none`, or a
+    /// list such as `gc,namespace,deployment,replicaset,endpoints,rootca` (`all,-gc` runs
+    /// all but the garbage collector).
+    #[arg(long, default_value = "all", value_name = "LIST")]
+    controllers: controllers::Selection,
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `cellmesh_local=debug`.
     #[arg(long, default_value = "info", env = "CELLMESH_LOG")]
     log: String,
@@ -87,6 +92,10 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let selected = args.controllers.clone();
+    let state_dir = args.state_dir.clone();
+    let components = shutdown.clone();
     let config = apiserver::Config {
         listen: args.listen,
         state_dir: args.state_dir,
@@ -103,8 +112,17 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
                 "try: KUBECONFIG={} kubectl get namespaces",
                 kubeconfig.display()
             );
+            if !selected.is_empty() {
+                start_controllers(selected, &state_dir, kubeconfig, components);
+            }
         },
-        shutdown_signal(),
+        {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown_signal().await;
+                shutdown.cancel();
+            }
+        },
     ));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +131,32 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts the controllers in the background against the server that just became ready.
+fn start_controllers(
+    selected: controllers::Selection,
+    state_dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let kubeconfig = kubeconfig.to_owned();
+    let ca = state_dir.join("ca.crt");
+    tokio::spawn(async move {
+        let started = async {
+            let root_ca_pem = std::fs::read_to_string(&ca)
+                .map_err(|e| anyhow::anyhow!("cannot read the cluster CA {}: {e}", ca.display()))?;
+            let client = crate::client::from_kubeconfig(&kubeconfig).await?;
+            let config = controllers::Config {
+                controllers: selected,
+                root_ca_pem,
+            };
+            controllers::run(client, config, shutdown).await
+        };
+        if let Err(err) = started.await {
+            tracing::error!("controllers stopped: {err:#}");
+        }
+    });
 }
 
 async fn shutdown_signal() {

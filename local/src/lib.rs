@@ -2,8 +2,9 @@
 //! and is tested on one machine without Docker.
 //!
 //! Components are modules, each behind a subcommand of the `cellmesh-local` binary:
-//! [`apiserver`] (the API server) now; controllers, the node agent and `up` follow.
+//! [`apiserver`] (the API server) and [`controllers`] now; the node agent and `up` follow.
 
 pub mod apiserver;
 pub mod cli;
 pub mod client;
+pub mod controllers;

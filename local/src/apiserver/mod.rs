@@ -23,6 +23,7 @@ mod pods;
 mod protobuf;
 mod registry;
 mod rest;
+mod serviceaccount;
 pub mod store;
 mod table;
 mod watch;

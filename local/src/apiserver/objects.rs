@@ -332,6 +332,21 @@ pub fn prepare_update(
     }
 
     let mut result = match subresource {
+        // A namespace's `finalize` changes its spec.finalizers and nothing else.
+        Some("finalize") => {
+            let mut result = old.clone();
+            let wanted = new.pointer("/spec/finalizers").cloned();
+            if let Some(map) = result.as_object_mut() {
+                let spec = map.entry("spec").or_insert_with(|| json!({}));
+                if let Some(spec) = spec.as_object_mut() {
+                    match wanted {
+                        Some(list) => spec.insert("finalizers".into(), list),
+                        None => spec.remove("finalizers"),
+                    };
+                }
+            }
+            result
+        }
         Some("status") => {
             let mut result = old.clone();
             if let Some(map) = result.as_object_mut() {
@@ -350,6 +365,15 @@ pub fn prepare_update(
                 match old.get("status") {
                     Some(status) => map.insert("status".into(), status.clone()),
                     None => map.remove("status"),
+                };
+            }
+            if is_namespace(info)
+                && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
+            {
+                // Only `finalize` changes a namespace's spec.finalizers.
+                match old.pointer("/spec/finalizers") {
+                    Some(list) => spec.insert("finalizers".into(), list.clone()),
+                    None => spec.remove("finalizers"),
                 };
             }
             new
@@ -394,7 +418,10 @@ pub fn prepare_update(
             meta.insert("generation".into(), json!(next));
         }
     }
-    if meta_str(&result, "deletionTimestamp").is_some() && finalizers(&result).is_empty() {
+    if meta_str(&result, "deletionTimestamp").is_some()
+        && finalizers(&result).is_empty()
+        && (!is_namespace(info) || spec_finalizers(&result).is_empty())
+    {
         return Ok(Outcome::Delete(result));
     }
     if same_content(&result, old) {
@@ -461,6 +488,99 @@ impl DeleteOptions {
     }
 }
 
+/// The finalizers an object gets on DELETE with `policy`, as Kubernetes'
+/// `deletionFinalizersForGarbageCollection`: an explicit policy replaces the propagation
+/// finalizers (`orphan`, `foregroundDeletion`); without one, those already present stay and
+/// the default is background (no finalizer).
+pub fn gc_finalizers(current: &[String], policy: Option<&str>) -> Vec<String> {
+    let has = |f: &str| current.iter().any(|c| c == f);
+    let (orphan, foreground) = match policy {
+        Some("Orphan") => (true, false),
+        Some("Foreground") => (false, true),
+        Some(_) => (false, false),
+        None if has(ORPHAN_FINALIZER) => (true, false),
+        None => (false, has(FOREGROUND_FINALIZER)),
+    };
+    let mut wanted: Vec<String> = current
+        .iter()
+        .filter(|f| *f != ORPHAN_FINALIZER && *f != FOREGROUND_FINALIZER)
+        .cloned()
+        .collect();
+    if orphan {
+        wanted.push(ORPHAN_FINALIZER.to_owned());
+    }
+    if foreground {
+        wanted.push(FOREGROUND_FINALIZER.to_owned());
+    }
+    wanted
+}
+
+/// Set by DELETE with `propagationPolicy=Orphan`; removed by the garbage collector.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+/// Set by DELETE with `propagationPolicy=Foreground`; removed by the garbage collector.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+fn is_namespace(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.resource == "namespaces" && !info.custom
+}
+
+/// `spec.finalizers` of a namespace (the namespace controller's, not metadata's).
+fn spec_finalizers(object: &Value) -> Vec<String> {
+    object
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// DELETE of a namespace, as Kubernetes' namespace storage: the first DELETE only marks
+/// it (deletionTimestamp, phase `Terminating`, propagation finalizers); the namespace
+/// controller empties it and removes `kubernetes` from `spec.finalizers` through the
+/// `finalize` subresource, which deletes it once no finalizer of any kind remains.
+fn delete_namespace(
+    mut object: Value,
+    current: &[String],
+    opts: &DeleteOptions,
+    now: &str,
+) -> Result<Outcome, ApiError> {
+    let wanted = gc_finalizers(current, opts.propagation_policy.as_deref());
+    if meta_str(&object, "deletionTimestamp").is_none() {
+        let meta = metadata_mut(&mut object)?;
+        meta.insert("deletionTimestamp".into(), json!(now));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        if !wanted.is_empty() || meta.contains_key("finalizers") {
+            meta.insert("finalizers".into(), json!(wanted));
+        }
+        if let Some(map) = object.as_object_mut() {
+            let status = map.entry("status").or_insert_with(|| json!({}));
+            if let Some(status) = status.as_object_mut() {
+                status.insert("phase".into(), json!("Terminating"));
+            }
+        }
+        return Ok(Outcome::Put(object));
+    }
+    if !spec_finalizers(&object).is_empty() {
+        return Ok(Outcome::Unchanged(object));
+    }
+    if wanted.is_empty() {
+        return Ok(Outcome::Delete(object));
+    }
+    if !same_set(current, &wanted) {
+        metadata_mut(&mut object)?.insert("finalizers".into(), json!(wanted));
+        return Ok(Outcome::Put(object));
+    }
+    Ok(Outcome::Unchanged(object))
+}
+
 /// Decides a DELETE of `old`: remove it now, or mark it and wait for finalizers / the node.
 pub fn prepare_delete(
     info: &ResourceInfo,
@@ -496,19 +616,13 @@ pub fn prepare_delete(
         ));
     }
     let mut object = old.clone();
-    let mut wanted = finalizers(old);
-    let propagation_finalizer = match opts.propagation_policy.as_deref() {
-        Some("Orphan") => Some("orphan"),
-        Some("Foreground") => Some("foregroundDeletion"),
-        _ => None,
-    };
+    let current = finalizers(old);
     let already_deleting = meta_str(old, "deletionTimestamp").is_some();
-    if let Some(f) = propagation_finalizer
-        && !wanted.iter().any(|w| w == f)
-        && !already_deleting
-    {
-        wanted.push(f.to_owned());
+    if is_namespace(info) {
+        return delete_namespace(object, &current, opts, now);
     }
+    let wanted = gc_finalizers(&current, opts.propagation_policy.as_deref());
+    let finalizers_changed = !same_set(&current, &wanted);
     let graceful_pod = info.resource == "pods"
         && !info.custom
         && old
@@ -534,7 +648,12 @@ pub fn prepare_delete(
         return Ok(Outcome::Delete(object));
     }
     if already_deleting {
-        // Deleting again shortens a pod's grace period but otherwise changes nothing.
+        // Deleting again may switch the propagation policy (the garbage collector deletes
+        // dependents of a foreground deletion with `Foreground`), but keeps the deadline.
+        if finalizers_changed {
+            metadata_mut(&mut object)?.insert("finalizers".into(), json!(wanted));
+            return Ok(Outcome::Put(object));
+        }
         return Ok(Outcome::Unchanged(object));
     }
     let deletion_time = if grace > 0 {
@@ -550,7 +669,7 @@ pub fn prepare_delete(
     let meta = metadata_mut(&mut object)?;
     meta.insert("deletionTimestamp".into(), json!(deletion_time));
     meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-    if !wanted.is_empty() {
+    if !wanted.is_empty() || finalizers_changed {
         meta.insert("finalizers".into(), json!(wanted));
     }
     Ok(Outcome::Put(object))
@@ -754,6 +873,96 @@ mod tests {
             409
         );
         assert!(DeleteOptions::from_parts(None, Some("Sideways"), None).is_err());
+    }
+
+    #[test]
+    fn an_explicit_policy_replaces_the_propagation_finalizers() {
+        let keep = || vec!["example.com/keep".to_owned()];
+        let with = |f: &str| vec!["example.com/keep".to_owned(), f.to_owned()];
+        assert_eq!(
+            gc_finalizers(&keep(), Some("Foreground")),
+            with("foregroundDeletion")
+        );
+        assert_eq!(
+            gc_finalizers(&with("orphan"), Some("Foreground")),
+            with("foregroundDeletion")
+        );
+        assert_eq!(gc_finalizers(&with("orphan"), Some("Background")), keep());
+        assert_eq!(
+            gc_finalizers(&with("orphan"), None),
+            with("orphan"),
+            "no policy keeps it"
+        );
+        assert_eq!(
+            gc_finalizers(&keep(), None),
+            keep(),
+            "background by default"
+        );
+
+        // The garbage collector re-deletes a dependent of a foreground deletion with
+        // Foreground while it is already being deleted: the finalizer switches.
+        let deploy = info("apps", "deployments");
+        let orphaning = put(prepare_delete(
+            &deploy,
+            &stored_deployment(),
+            &DeleteOptions::from_parts(None, Some("Orphan"), None).unwrap(),
+            "t",
+        )
+        .unwrap());
+        let switched = put(prepare_delete(
+            &deploy,
+            &orphaning,
+            &DeleteOptions::from_parts(None, Some("Foreground"), None).unwrap(),
+            "later",
+        )
+        .unwrap());
+        assert_eq!(
+            switched["metadata"]["finalizers"],
+            json!(["foregroundDeletion"])
+        );
+        assert_eq!(
+            switched["metadata"]["deletionTimestamp"], "t",
+            "the deadline stays"
+        );
+        let background = DeleteOptions::from_parts(None, Some("Background"), None).unwrap();
+        assert!(matches!(
+            prepare_delete(&deploy, &switched, &background, "t").unwrap(),
+            Outcome::Delete(_)
+        ));
+    }
+
+    #[test]
+    fn namespaces_terminate_until_finalized() {
+        let ns_info = info("", "namespaces");
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+                        "metadata": {"name": "team", "uid": "u", "resourceVersion": "3"},
+                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let marked = put(prepare_delete(&ns_info, &ns, &DeleteOptions::default(), "t").unwrap());
+        assert_eq!(marked["status"]["phase"], "Terminating");
+        assert_eq!(marked["metadata"]["deletionTimestamp"], "t");
+        assert!(matches!(
+            prepare_delete(&ns_info, &marked, &DeleteOptions::default(), "t").unwrap(),
+            Outcome::Unchanged(_)
+        ));
+        // A plain update cannot drop spec.finalizers; `finalize` can, and then it is gone.
+        let mut cleared = marked.clone();
+        cleared["spec"]["finalizers"] = json!([]);
+        let updated = prepare_update(&ns_info, &marked, cleared.clone(), None).unwrap();
+        assert!(matches!(updated, Outcome::Unchanged(_)), "{updated:?}");
+        assert!(matches!(
+            prepare_update(&ns_info, &marked, cleared, Some("finalize")).unwrap(),
+            Outcome::Delete(_)
+        ));
+        let mut held = marked.clone();
+        held["metadata"]["finalizers"] = json!(["example.com/x"]);
+        let mut cleared = held.clone();
+        cleared["spec"]["finalizers"] = json!([]);
+        let kept = put(prepare_update(&ns_info, &held, cleared, Some("finalize")).unwrap());
+        assert_eq!(
+            kept["spec"]["finalizers"],
+            json!([]),
+            "metadata finalizers still hold it"
+        );
     }
 
     #[test]

@@ -547,6 +547,9 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     let warnings = options.prune(&mut body)?;
     options.default(&mut body);
     let incoming = managed::managed_fields(&body);
+    if is_pod(info) {
+        admit_pod(req, &mut body);
+    }
     let prepared = objects::prepare_create(info, req.target.namespace.as_deref(), body, &stamp)?;
     let prepared = options.finish(None, Outcome::Put(prepared), incoming.as_ref(), None)?;
     let Outcome::Put(prepared) = prepared else {
@@ -571,6 +574,31 @@ async fn create(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiE
     ))
 }
 
+/// Admission of a pod being created: the ServiceAccount token volume.
+fn admit_pod(req: &Request<'_>, pod: &mut Value) {
+    let automount = account_automount(req, pod);
+    super::serviceaccount::mount_token(pod, automount, &objects::name_suffix());
+}
+
+/// `automountServiceAccountToken` of the pod's ServiceAccount, if set.
+fn account_automount(req: &Request<'_>, pod: &Value) -> Option<bool> {
+    let account = pod
+        .pointer("/spec/serviceAccountName")
+        .or_else(|| pod.pointer("/spec/serviceAccount"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let ns = req.target.namespace.as_deref()?;
+    req.state
+        .store
+        .get("/serviceaccounts", &object_key(Some(ns), account))?
+        .get("automountServiceAccountToken")?
+        .as_bool()
+}
+
+fn is_pod(info: &ResourceInfo) -> bool {
+    info.group.is_empty() && info.resource == "pods" && !info.custom
+}
+
 fn update_mutation(
     options: WriteOptions,
     name: String,
@@ -588,10 +616,10 @@ fn update_mutation(
 }
 
 /// The `status` subresource takes the body's status, `resize` its containers' resources
-/// (`pods::apply_resize`); `finalize` is a plain update of a namespace's spec.finalizers.
+/// (`pods::apply_resize`), `finalize` a namespace's spec.finalizers.
 fn subresource_of_update(sub: Option<&str>) -> Option<String> {
     match sub {
-        Some(sub @ ("status" | "resize")) => Some(sub.into()),
+        Some(sub @ ("status" | "resize" | "finalize")) => Some(sub.into()),
         _ => None,
     }
 }
@@ -690,6 +718,9 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
     // The configuration is pruned but not defaulted: its applier must not own defaults.
     let warnings = options.prune(&mut config)?;
     let namespace = req.target.namespace.clone();
+    // A pod created by apply is admitted like any new pod.
+    let pod_admission =
+        is_pod(info).then(|| (account_automount(req, &config), objects::name_suffix()));
     let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let was_created = Arc::clone(&created);
     let mutation: Mutation = Box::new(move |current| {
@@ -707,6 +738,9 @@ async fn apply(req: &Request<'_>, info: &ResourceInfo) -> Result<Response, ApiEr
                 let applied = managed::managed_fields(&merged);
                 let mut merged = merged;
                 options.default(&mut merged);
+                if let Some((automount, suffix)) = &pod_admission {
+                    super::serviceaccount::mount_token(&mut merged, *automount, suffix);
+                }
                 let prepared =
                     objects::prepare_create(info, namespace.as_deref(), merged, &Stamp::fresh())?;
                 was_created.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -143,8 +143,17 @@ impl Drop for Server {
 }
 
 fn spawn(listen: SocketAddr, state: &Path, extra: &[&str]) -> (Child, SocketAddr) {
+    // Tests of API semantics run the server alone: controllers would add objects they do
+    // not expect (`kube-root-ca.crt` ConfigMaps, ReplicaSets). Component tests pass
+    // `--controllers …` themselves.
+    let controllers: &[&str] = if extra.iter().any(|a| a.starts_with("--controllers")) {
+        &[]
+    } else {
+        &["--controllers", "none"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_cellmesh-local"))
         .arg("apiserver")
+        .args(controllers)
         .arg("--listen")
         .arg(listen.to_string())
         .arg("--state-dir")
