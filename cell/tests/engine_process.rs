@@ -170,3 +170,104 @@ async fn a_worker_stuck_in_a_cancelled_request_is_killed_and_replaced() {
         [json!({"block": "no"})]
     );
 }
+
+#[tokio::test]
+async fn a_hung_worker_is_detected_by_its_heartbeat_killed_and_replaced() {
+    let engine = start(
+        "isolate: process\nconcurrency: 2\npoolMin: 1\npoolLimit: 1",
+        // A blocking sleep keeps the worker's runtime busy: its heartbeat thread must still
+        // prove it alive, so only the stop below counts as hung.
+        "function: sleep\nargs: {ms: 600, blocking: true}",
+        None,
+    );
+    let ok = engine.call(json!("busy but alive"), None).await.unwrap();
+    assert_eq!(ok, [json!("busy but alive")]);
+    assert_eq!(engine.info().counters.worker_restarts, 0);
+
+    let call = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.call(json!(1), None).await }
+    });
+    let info = wait_for(&engine, "the request running", |i| i.in_flight == 1).await;
+    let victim = info.workers[0].pid.unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let error = call.await.unwrap().unwrap_err();
+    let EngineError::WorkerLost { worker, reason } = &error else {
+        panic!("unexpected {error:?}")
+    };
+    assert!(worker.contains(&format!("pid {victim}")), "{worker}");
+    assert!(reason.contains("no heartbeat"), "{reason}");
+    let info = wait_for(&engine, "a replacement worker", |i| {
+        i.idle_workers == 1 && i.counters.worker_restarts == 1
+    })
+    .await;
+    assert!(info.workers.iter().all(|w| w.pid != Some(victim)));
+    assert_eq!(engine.call(json!(2), None).await.unwrap(), [json!(2)]);
+}
+
+/// `Cpus_allowed_list` of `/proc/<path>/status`, e.g. `"1"` or `"0-1"`.
+fn cpus_allowed(path: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{path}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn cpu_pinning_puts_each_worker_process_on_its_own_allowed_cpu() {
+    let allowed = cellmesh_cell::engine::pinning::allowed_cpus();
+    let engine = start(
+        "isolate: process\npoolMin: 2\npoolLimit: 2\ncpuPinning: true",
+        "function: echo",
+        None,
+    );
+    let info = wait_for(&engine, "two ready worker processes", |i| {
+        i.idle_workers == 2
+    })
+    .await;
+    for worker in &info.workers {
+        let expected = cellmesh_cell::engine::pinning::cpu_for(worker.id, &allowed).unwrap();
+        let pid = worker.pid.unwrap();
+        assert_eq!(
+            cpus_allowed(&pid.to_string()),
+            expected.to_string(),
+            "worker {}",
+            worker.id
+        );
+    }
+    assert_eq!(engine.call(json!(1), None).await.unwrap(), [json!(1)]);
+}
+
+#[tokio::test]
+async fn cpu_pinning_pins_thread_workers_too() {
+    let allowed = cellmesh_cell::engine::pinning::allowed_cpus();
+    let engine = start(
+        "isolate: thread\npoolMin: 1\npoolLimit: 1\ncpuPinning: true",
+        "function: echo",
+        None,
+    );
+    let info = wait_for(&engine, "a ready worker thread", |i| i.idle_workers == 1).await;
+    let id = info.workers[0].id;
+    let expected = cellmesh_cell::engine::pinning::cpu_for(id, &allowed).unwrap();
+    let name = format!("cell-worker-{id}");
+    let thread = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|tid| {
+            std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .expect("the worker thread");
+    assert_eq!(
+        cpus_allowed(&format!("self/task/{thread}")),
+        expected.to_string()
+    );
+}

@@ -47,6 +47,9 @@ pub enum BenchCommand {
     /// The cell vs the bare hyper server vs µBench's published figures, with cellmesh-load and
     /// wrk in one run.
     Cell(CellBench),
+    /// The cell engine on CPU-heavy computePi: 1 vs 2 worker processes, vs µBench's layout,
+    /// and p99 under 2× overload with admission vs an unbounded queue.
+    Engine(crate::bench_engine::EngineBench),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +83,7 @@ pub struct CellBench {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Cell(args) => bench_cell(&args),
+        BenchCommand::Engine(args) => crate::bench_engine::run(&args),
     }
 }
 
@@ -352,7 +356,7 @@ fn conditions(args: &CellBench, load_before: &str, load_after: &str) -> String {
     out
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_owned())
@@ -721,14 +725,24 @@ mod tests {
             "--record",
         ])
         .unwrap();
-        let BenchCommand::Cell(args) = cli.bench;
+        let BenchCommand::Cell(args) = cli.bench else {
+            panic!("bench cell parses as Cell")
+        };
         assert_eq!((args.duration, args.repetitions, args.warmup), (5, 2, 3));
         assert_eq!((args.connections, args.threads), (32, 2));
         assert!(args.record);
         assert!(args.targets.is_empty());
         let cli = Cli::try_parse_from(["bench", "cell", "--targets", "hello,chain"]).unwrap();
-        let BenchCommand::Cell(args) = cli.bench;
+        let BenchCommand::Cell(args) = cli.bench else {
+            panic!("bench cell parses as Cell")
+        };
         assert_eq!(args.targets, [Target::Hello, Target::Chain]);
         assert!(Cli::try_parse_from(["bench", "cell", "--duration", "5s"]).is_err());
+        let cli = Cli::try_parse_from(["bench", "engine", "--digits", "500", "--record"]).unwrap();
+        let BenchCommand::Engine(args) = cli.bench else {
+            panic!("bench engine parses as Engine")
+        };
+        assert_eq!((args.digits, args.duration, args.connections), (500, 8, 16));
+        assert!(args.record);
     }
 }

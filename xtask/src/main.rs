@@ -2,6 +2,7 @@
 //! every machine. `cargo xtask ci` is what `.ci/run` and the README's test command run.
 
 mod bench;
+mod bench_engine;
 mod bench_parse;
 mod bench_procs;
 mod crdgen;
@@ -41,7 +42,8 @@ enum Command {
         args: Vec<String>,
     },
     /// Benchmarks (release builds; not run in CI). `bench cell`: the cell vs a bare hyper
-    /// server vs µBench's figures, measured with cellmesh-load and wrk.
+    /// server vs µBench's figures, measured with cellmesh-load and wrk; `bench engine`: the
+    /// engine on CPU-heavy computePi (worker processes, µBench's layout, overload p99).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Interim main job: start µBench's three-service parallel mesh as cells on 127.0.0.x,

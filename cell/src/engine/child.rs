@@ -8,8 +8,10 @@
 //! lingers). Its logs go to stderr, which the parent relays tagged with the worker id.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
@@ -39,6 +41,14 @@ pub fn run_worker_if_requested(functions: impl FnOnce() -> Functions) -> Option<
         .with_ansi(false)
         .with_target(false)
         .try_init();
+    // Before any other thread exists, so every thread of the worker inherits the CPU.
+    if let Some(cpu) = std::env::var(super::pinning::CPU_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        && let Err(e) = super::pinning::pin_current_thread(cpu)
+    {
+        eprintln!("worker {id}: cpuPinning: {e}; running unpinned");
+    }
     // One thread per worker process: the pool scales by processes, one per CPU.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -68,13 +78,19 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
     conn.send(encode(&FromWorker::Hello { worker: id }))
         .await
         .map_err(send_err)?;
-    let spec = match conn.next().await {
+    let (spec, heartbeat_ms) = match conn.next().await {
         Some(Ok(frame)) => match decode(&frame)? {
-            ToWorker::Init { pipeline } => pipeline,
+            ToWorker::Init {
+                pipeline,
+                heartbeat_ms,
+            } => (pipeline, heartbeat_ms),
             other => return Err(format!("expected init, got {other:?}")),
         },
         _ => return Err("the engine closed the connection before init".to_owned()),
     };
+    if heartbeat_ms > 0 {
+        start_heartbeats(&socket, id, Duration::from_millis(heartbeat_ms))?;
+    }
     let pipeline = match Pipeline::compile(&spec, &functions) {
         Ok(pipeline) => Arc::new(pipeline),
         Err(errors) => {
@@ -151,4 +167,32 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
             }
         }
     }
+}
+
+/// Open the heartbeat connection and beat from a dedicated thread, so a worker busy in
+/// blocking work still proves it is alive; only a stopped or wedged process falls silent.
+/// The thread ends when the parent closes the connection.
+fn start_heartbeats(socket: &Path, id: WorkerId, interval: Duration) -> Result<(), String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("cannot open the heartbeat connection: {e}"))?;
+    // The same framing as the work connection: a 4-byte big-endian length, then JSON.
+    let frame = |message: &FromWorker| {
+        let body = encode(message);
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    };
+    stream
+        .write_all(&frame(&FromWorker::Heartbeats { worker: id }))
+        .map_err(|e| format!("cannot open the heartbeat connection: {e}"))?;
+    let beat = frame(&FromWorker::Beat);
+    std::thread::Builder::new()
+        .name("heartbeat".to_owned())
+        .spawn(move || {
+            while stream.write_all(&beat).is_ok() {
+                std::thread::sleep(interval);
+            }
+        })
+        .map_err(|e| format!("cannot start the heartbeat thread: {e}"))?;
+    Ok(())
 }

@@ -24,6 +24,7 @@ mod child;
 pub mod deadline;
 mod error;
 mod info;
+pub mod pinning;
 pub mod pipeline;
 mod pool;
 mod process;
@@ -125,6 +126,23 @@ impl Engine {
         let pipeline =
             Pipeline::compile(&config.pipeline, &config.functions).map_err(StartError::Pipeline)?;
         let runtime = tokio::runtime::Handle::current();
+        if config.profile.batch.size > 1 {
+            tracing::warn!(
+                "batch (micro-batching) is not implemented yet; stages run one request at a time"
+            );
+        }
+        // Fixed for the engine's life: `isolate` and `cpuPinning` changes wait for a restart.
+        let pinning: Option<Arc<[usize]>> =
+            match (config.profile.cpu_pinning, config.profile.isolate) {
+                (false, _) => None,
+                (true, Isolate::Inline) => {
+                    tracing::warn!(
+                        "cpuPinning needs isolate: thread or process; inline workers are not pinned"
+                    );
+                    None
+                }
+                (true, _) => Some(pinning::allowed_cpus().into()),
+            };
         let backend: Box<dyn Backend> = match config.profile.isolate {
             Isolate::Inline => Box::new(worker::InlineBackend {
                 pipeline: Arc::new(pipeline),
@@ -134,6 +152,7 @@ impl Engine {
                 spec: config.pipeline.clone(),
                 functions: config.functions.clone(),
                 runtime: runtime.clone(),
+                pinning,
             }),
             Isolate::Process => {
                 let command = match config.worker_command.clone() {
@@ -143,12 +162,10 @@ impl Engine {
                 Box::new(process::ProcessBackend::new(
                     command,
                     config.pipeline.clone(),
+                    pinning,
                 )?)
             }
         };
-        if config.profile.cpu_pinning {
-            tracing::warn!("cpuPinning is not implemented yet; workers are not pinned");
-        }
         let cgroup_root = config.cgroup_root.clone().unwrap_or_else(root_from_env);
         let cpu_limit = read_cpu_limit(&cgroup_root);
         let shared = Shared::new(config.profile, cpu_limit, backend, config.timing);

@@ -82,6 +82,11 @@ pub struct Timing {
     pub backoff_initial: Duration,
     /// Longest pause; also the quiet time after which the backoff resets.
     pub backoff_max: Duration,
+    /// How often a worker process says it is alive (from its own thread).
+    pub heartbeat_interval: Duration,
+    /// Silence after which a worker process counts as hung: it is killed and replaced and
+    /// its requests fail with `WorkerLost`.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -91,6 +96,8 @@ impl Default for Timing {
             cgroup_poll: Duration::from_secs(5),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(32),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(5),
         }
     }
 }

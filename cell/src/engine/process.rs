@@ -15,6 +15,12 @@
 //!   it is a normal retirement; otherwise every request the worker held fails with
 //!   `WorkerLost { worker: "worker-<id> (pid <pid>)", reason: <exit status> }` and the pool
 //!   replaces the worker after its backoff. No other request is affected.
+//! - Heartbeat: each worker opens a second connection (`heartbeats` hello) on which a
+//!   dedicated thread sends a `beat` every `heartbeat_interval` (sent in `init`), whatever its
+//!   requests do. Silence for `heartbeat_timeout` means the process is hung (stopped,
+//!   wedged): it is killed, its requests fail with `WorkerLost` saying so, and it is
+//!   replaced. (A request stuck in user code while the process lives is the deadline's
+//!   business: cancelled, then killed after the grace.)
 //! - The worker's stdout and stderr are relayed line by line to the cell's log, tagged with
 //!   the worker id. Workers are killed when the engine goes away (kill-on-drop) and exit by
 //!   themselves when the socket closes.
@@ -55,9 +61,18 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub(crate) enum ToWorker {
-    Init { pipeline: Box<Stage> },
-    Run { job: JobId, input: Value },
-    Cancel { job: JobId },
+    Init {
+        pipeline: Box<Stage>,
+        #[serde(default)]
+        heartbeat_ms: u64,
+    },
+    Run {
+        job: JobId,
+        input: Value,
+    },
+    Cancel {
+        job: JobId,
+    },
     Retire,
 }
 
@@ -65,12 +80,29 @@ pub(crate) enum ToWorker {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub(crate) enum FromWorker {
-    Hello { worker: WorkerId },
+    Hello {
+        worker: WorkerId,
+    },
+    /// First frame of a worker's heartbeat connection.
+    Heartbeats {
+        worker: WorkerId,
+    },
+    Beat,
     Ready,
-    InitFailed { error: String },
-    Output { job: JobId, value: Value },
-    Done { job: JobId },
-    Failed { job: JobId, error: StageError },
+    InitFailed {
+        error: String,
+    },
+    Output {
+        job: JobId,
+        value: Value,
+    },
+    Done {
+        job: JobId,
+    },
+    Failed {
+        job: JobId,
+        error: StageError,
+    },
 }
 
 pub(crate) type Connection = Framed<UnixStream, LengthDelimitedCodec>;
@@ -112,7 +144,14 @@ impl WorkerCommand {
     }
 }
 
-type Waiting = Arc<Mutex<HashMap<WorkerId, oneshot::Sender<Connection>>>>;
+/// Which of a worker's two connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Channel {
+    Work,
+    Heartbeat,
+}
+
+type Waiting = Arc<Mutex<HashMap<(WorkerId, Channel), oneshot::Sender<Connection>>>>;
 
 /// Starts worker processes and owns the socket they connect to.
 pub(crate) struct ProcessBackend {
@@ -122,6 +161,8 @@ pub(crate) struct ProcessBackend {
     waiting: Waiting,
     runtime: tokio::runtime::Handle,
     acceptor: AbortHandle,
+    /// `cpuPinning`: the CPUs workers are pinned to in turn.
+    pinning: Option<Arc<[usize]>>,
 }
 
 /// A private directory holding the socket; removed on drop.
@@ -144,7 +185,11 @@ impl Drop for ProcessBackend {
 
 impl ProcessBackend {
     /// Bind the engine's socket and start accepting worker connections.
-    pub(crate) fn new(command: WorkerCommand, spec: Stage) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        command: WorkerCommand,
+        spec: Stage,
+        pinning: Option<Arc<[usize]>>,
+    ) -> std::io::Result<Self> {
         static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("cellmesh-engine-{}-{n}", std::process::id()));
@@ -164,6 +209,7 @@ impl ProcessBackend {
             waiting,
             runtime,
             acceptor,
+            pinning,
         })
     }
 }
@@ -181,11 +227,17 @@ async fn accept_workers(listener: UnixListener, waiting: Waiting) {
             let Ok(Some(Ok(frame))) = hello else {
                 return;
             };
-            let Ok(FromWorker::Hello { worker }) = decode(&frame) else {
-                tracing::warn!("a process connected to the engine socket without a valid hello");
-                return;
+            let key = match decode(&frame) {
+                Ok(FromWorker::Hello { worker }) => (worker, Channel::Work),
+                Ok(FromWorker::Heartbeats { worker }) => (worker, Channel::Heartbeat),
+                _ => {
+                    tracing::warn!(
+                        "a process connected to the engine socket without a valid hello"
+                    );
+                    return;
+                }
             };
-            let slot = waiting.lock().ok().and_then(|mut w| w.remove(&worker));
+            let slot = waiting.lock().ok().and_then(|mut w| w.remove(&key));
             if let Some(slot) = slot {
                 let _ = slot.send(conn);
             }
@@ -196,16 +248,22 @@ async fn accept_workers(listener: UnixListener, waiting: Waiting) {
 impl Backend for ProcessBackend {
     fn start(&self, id: WorkerId, shared: Weak<Shared>) {
         let (tx, rx) = oneshot::channel();
+        let (beats_tx, beats_rx) = oneshot::channel();
         if let Ok(mut waiting) = self.waiting.lock() {
-            waiting.insert(id, tx);
+            waiting.insert((id, Channel::Work), tx);
+            waiting.insert((id, Channel::Heartbeat), beats_tx);
         }
+        let cpu = self
+            .pinning
+            .as_ref()
+            .and_then(|allowed| super::pinning::cpu_for(id, allowed));
         self.runtime.spawn(run_worker(
             id,
             shared,
-            self.command.clone(),
+            (self.command.clone(), cpu),
             self.spec.clone(),
             self.socket.path.clone(),
-            rx,
+            (rx, beats_rx),
             Arc::clone(&self.waiting),
         ));
     }
@@ -320,30 +378,38 @@ fn relay(
 async fn run_worker(
     id: WorkerId,
     shared: Weak<Shared>,
-    command: WorkerCommand,
+    (command, cpu): (WorkerCommand, Option<usize>),
     spec: Stage,
     socket: PathBuf,
-    connected: oneshot::Receiver<Connection>,
+    (connected, heartbeats): (oneshot::Receiver<Connection>, oneshot::Receiver<Connection>),
     waiting: Waiting,
 ) {
-    let lost = |reason: String| {
+    let forget = |waiting: &Waiting| {
         if let Ok(mut waiting) = waiting.lock() {
-            waiting.remove(&id);
+            waiting.remove(&(id, Channel::Work));
+            waiting.remove(&(id, Channel::Heartbeat));
         }
+    };
+    let lost = |reason: String| {
+        forget(&waiting);
         if let Some(shared) = shared.upgrade() {
             shared.worker_lost(id, &reason);
         }
     };
-    let Some((startup, cancel_grace)) = shared.upgrade().map(|s| {
-        let st = s.lock();
-        (
-            st.profile.startup_timeout.get(),
-            st.profile.termination_timeout.get(),
-        )
-    }) else {
+    let Some((startup, cancel_grace, heartbeat_interval, heartbeat_timeout)) =
+        shared.upgrade().map(|s| {
+            let st = s.lock();
+            (
+                st.profile.startup_timeout.get(),
+                st.profile.termination_timeout.get(),
+                s.timing.heartbeat_interval,
+                s.timing.heartbeat_timeout,
+            )
+        })
+    else {
         return;
     };
-    let mut child = match spawn_child(&command, &socket, id) {
+    let mut child = match spawn_child(&command, &socket, id, cpu) {
         Ok(child) => child,
         Err(e) => {
             return lost(format!(
@@ -366,6 +432,9 @@ async fn run_worker(
             .map_err(|_| "the engine stopped".to_owned())?;
         conn.send(encode(&ToWorker::Init {
             pipeline: Box::new(spec),
+            heartbeat_ms: u64::try_from(heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
         }))
         .await
         .map_err(|e| format!("cannot send init: {e}"))?;
@@ -412,6 +481,13 @@ async fn run_worker(
     let Some(pool) = shared.upgrade() else { return };
     pool.worker_ready(id, Arc::clone(&handle) as Arc<dyn WorkerHandle>);
     drop(pool);
+    let watchdog = tokio::spawn(watch_heartbeats(
+        heartbeats,
+        heartbeat_timeout,
+        handle.kill.clone(),
+        Arc::clone(&handle.kill_reason),
+    ))
+    .abort_handle();
 
     let writer = tokio::spawn(async move {
         while let Some(message) = outbox.recv().await {
@@ -466,6 +542,8 @@ async fn run_worker(
         }
     }
     writer.abort();
+    watchdog.abort();
+    forget(&waiting);
 
     // The connection is gone: the process exited or is about to.
     let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
@@ -507,12 +585,56 @@ async fn run_worker(
     lost(format!("{name}: {reason}"));
 }
 
+/// Kill the worker (with a reason) when its heartbeats stop for `timeout`; return quietly
+/// when the heartbeat connection closes (the process is exiting: the work connection's end
+/// decides what that means).
+async fn watch_heartbeats(
+    connected: oneshot::Receiver<Connection>,
+    timeout: Duration,
+    kill: CancellationToken,
+    kill_reason: Arc<Mutex<Option<String>>>,
+) {
+    let hung = |what: String| {
+        if let Ok(mut reason) = kill_reason.lock() {
+            reason.get_or_insert(what);
+        }
+        kill.cancel();
+    };
+    let mut conn = match tokio::time::timeout(timeout, connected).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            return hung(format!(
+                "killed because it opened no heartbeat connection within {} ms",
+                timeout.as_millis()
+            ));
+        }
+    };
+    loop {
+        match tokio::time::timeout(timeout, conn.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return,
+            Err(_) => {
+                return hung(format!(
+                    "killed as hung: no heartbeat for {} ms",
+                    timeout.as_millis()
+                ));
+            }
+        }
+    }
+}
+
 fn spawn_child(
     command: &WorkerCommand,
     socket: &Path,
     id: WorkerId,
+    cpu: Option<usize>,
 ) -> std::io::Result<tokio::process::Child> {
-    Command::new(&command.program)
+    let mut command_line = Command::new(&command.program);
+    if let Some(cpu) = cpu {
+        command_line.env(super::pinning::CPU_ENV, cpu.to_string());
+    }
+    command_line
         .args(&command.args)
         .env(SOCKET_ENV, socket)
         .env(WORKER_ID_ENV, id.to_string())

@@ -104,6 +104,8 @@ pub(crate) struct ThreadBackend {
     pub(crate) spec: Stage,
     pub(crate) functions: Functions,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// `cpuPinning`: the CPUs workers are pinned to in turn.
+    pub(crate) pinning: Option<Arc<[usize]>>,
 }
 
 enum ThreadMessage {
@@ -121,9 +123,15 @@ impl Backend for ThreadBackend {
         let functions = self.functions.clone();
         let runtime = self.runtime.clone();
         let for_thread = shared.clone();
+        let pinning = self.pinning.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("cell-worker-{id}"))
-            .spawn(move || thread_main(id, &spec, &functions, &for_thread, &runtime));
+            .spawn(move || {
+                if let Some(allowed) = pinning {
+                    super::pinning::pin_worker(id, &allowed);
+                }
+                thread_main(id, &spec, &functions, &for_thread, &runtime);
+            });
         if let Err(e) = spawned {
             let reason = format!("cannot start a worker thread: {e}");
             // The pool's lock is held while `start` runs: report from a task.

@@ -16,6 +16,8 @@ pub fn fast_timing() -> Timing {
         cgroup_poll: Duration::from_millis(10),
         backoff_initial: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_millis(20),
+        heartbeat_timeout: Duration::from_millis(300),
     }
 }
 
