@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_engine;
+mod bench_apiserver;
 mod bench_parse;
 mod bench_procs;
 mod crdgen;

@@ -10,7 +10,6 @@
 //! change: an object leaving the selection is sent as DELETED, one entering as ADDED.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -134,6 +133,12 @@ impl Watch {
         ns_ok && self.filter.matches(object)
     }
 
+    /// Whether this watch sends objects exactly as stored, so the serialised line of an
+    /// event can be shared with every other such watch (100 watchers, one serialisation).
+    fn sends_as_stored(&self) -> bool {
+        !self.info.custom && !self.as_table
+    }
+
     fn render(&self, object: &Value) -> Value {
         let mut object = object.clone();
         if self.info.custom
@@ -228,12 +233,15 @@ async fn run(watch: Watch, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
                     let is_in = watch.in_scope(&event.object);
                     let was_in = event.previous.as_deref().is_some_and(|p| watch.in_scope(p));
                     if let Some(kind) = visible(event.kind, was_in, is_in) {
-                        let object: Arc<Value> = event.object;
-                        if tx
-                            .send(Ok(line(kind, &watch.render(&object))))
-                            .await
-                            .is_err()
-                        {
+                        let bytes = if kind == event.kind.as_str() && watch.sends_as_stored() {
+                            event
+                                .wire
+                                .get_or_init(|| line(kind, &event.object))
+                                .clone()
+                        } else {
+                            line(kind, &watch.render(&event.object))
+                        };
+                        if tx.send(Ok(bytes)).await.is_err() {
                             return;
                         }
                     }

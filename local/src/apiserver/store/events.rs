@@ -7,7 +7,9 @@
 //! example through a bookmark) resumes seamlessly, an older one relists.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
 
 use serde_json::Value;
 
@@ -40,6 +42,9 @@ pub struct Event {
     /// The object before the change, so watchers with selectors can tell an object
     /// leaving their selection (sent as DELETED) from one entering it (ADDED).
     pub previous: Option<Arc<Value>>,
+    /// The event's watch line as most watchers send it, serialised once by the first
+    /// watcher that needs it and shared by the rest (`watch` owns the format).
+    pub wire: Arc<OnceLock<Bytes>>,
 }
 
 /// Why events could not be read from a version.
@@ -107,6 +112,7 @@ mod tests {
             kind: EventType::Added,
             object: Arc::new(json!({ "rv": rv })),
             previous: None,
+            wire: Arc::default(),
         }
     }
 

@@ -445,6 +445,7 @@ fn publish(shared: &Shared, pending: &[Pending], rv: u64) {
                     kind: c.kind,
                     object: Arc::clone(&c.value),
                     previous: p.previous.clone(),
+                    wire: Arc::default(),
                 });
             }
         }
