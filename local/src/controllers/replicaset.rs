@@ -170,6 +170,19 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: jiff::Timestamp) -> Plan {
     }
 }
 
+/// Batch sizes for creating `n` pods: 1, 2, 4, … (the last one what remains).
+pub fn slow_start_batches(n: usize) -> Vec<usize> {
+    let mut batches = Vec::new();
+    let (mut size, mut left) = (1, n);
+    while left > 0 {
+        let batch = size.min(left);
+        batches.push(batch);
+        left -= batch;
+        size *= 2;
+    }
+    batches
+}
+
 /// A new pod of the ReplicaSet: its template with a generated name and controller reference.
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
     let template: PodTemplateSpec = rs
@@ -250,13 +263,22 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
     if plan.create > 0 {
         let new_pod = pod_from_template(&rs);
         let params = PostParams::default();
-        let creates = (0..plan.create).map(|_| pods.create(&params, &new_pod));
-        for result in futures::future::join_all(creates).await {
-            if let Err(err) = result {
-                failure = Some(err);
+        let mut created = 0;
+        // Kubernetes' slow start: batches of 1, 2, 4, … so a failing create (a namespace
+        // being deleted, an invalid template) costs one request, not `replicas` of them.
+        for batch in slow_start_batches(plan.create) {
+            let creates = (0..batch).map(|_| pods.create(&params, &new_pod));
+            for result in futures::future::join_all(creates).await {
+                match result {
+                    Ok(_) => created += 1,
+                    Err(err) => failure = Some(err),
+                }
+            }
+            if failure.is_some() {
+                break;
             }
         }
-        tracing::info!(replicaset = %format!("{ns}/{name}"), count = plan.create, "created pods");
+        tracing::info!(replicaset = %format!("{ns}/{name}"), count = created, "created pods");
     }
     for pod in &plan.delete {
         match pods.delete(pod, &DeleteParams::default()).await {
@@ -444,6 +466,13 @@ mod tests {
             (1, 0),
             "finished pods do not count"
         );
+    }
+
+    #[test]
+    fn pods_are_created_in_doubling_batches() {
+        assert_eq!(slow_start_batches(10), [1, 2, 4, 3]);
+        assert_eq!(slow_start_batches(1), [1]);
+        assert!(slow_start_batches(0).is_empty());
     }
 
     #[test]
