@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{labels, util};
+use super::{events, labels, util};
 
 /// Whether a pod counts towards its ReplicaSet: not being deleted and not finished.
 pub fn is_active(pod: &Pod) -> bool {
@@ -270,7 +270,16 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
             let creates = (0..batch).map(|_| pods.create(&params, &new_pod));
             for result in futures::future::join_all(creates).await {
                 match result {
-                    Ok(_) => created += 1,
+                    Ok(pod) => {
+                        created += 1;
+                        let pod_name = pod.metadata.name.unwrap_or_default();
+                        record(
+                            &ctx.client,
+                            &rs,
+                            "SuccessfulCreate",
+                            format!("Created pod: {pod_name}"),
+                        );
+                    }
                     Err(err) => failure = Some(err),
                 }
             }
@@ -282,7 +291,15 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
     }
     for pod in &plan.delete {
         match pods.delete(pod, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(replicaset = %format!("{ns}/{name}"), %pod, "deleted pod"),
+            Ok(_) => {
+                tracing::info!(replicaset = %format!("{ns}/{name}"), %pod, "deleted pod");
+                record(
+                    &ctx.client,
+                    &rs,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {pod}"),
+                );
+            }
             Err(err) if util::is_not_found(&err) => {}
             Err(err) => failure = Some(err),
         }
@@ -307,6 +324,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
         Some(after) => Action::requeue(after + Duration::from_millis(50)),
         None => Action::await_change(),
     })
+}
+
+fn record(client: &kube::Client, rs: &ReplicaSet, reason: &str, message: String) {
+    let object = events::reference("apps/v1", "ReplicaSet", &rs.metadata);
+    events::record(
+        client,
+        events::normal("replicaset-controller", object, reason, message),
+    );
 }
 
 /// The `ReplicaFailure` condition Kubernetes sets when pods cannot be created or deleted
