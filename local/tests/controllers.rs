@@ -350,6 +350,19 @@ async fn deployments_create_scale_and_roll_replica_sets() {
     let fields: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(&fields[..4], ["web", "4/4", "4", "4"], "{out}");
 
+    // kubectl describe shows the controllers' events.
+    let described = kubectl(&server, &["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("ScalingReplicaSet")
+            && described.contains(&format!("Scaled up replica set {rs_name} from 0 to 3")),
+        "{described}"
+    );
+    let described = kubectl(&server, &["describe", "replicaset", &rs_name]).await;
+    assert!(
+        described.contains("SuccessfulCreate") && described.contains("Created pod: "),
+        "{described}"
+    );
+
     // `rollout undo` brings the first ReplicaSet back (renumbered), no third one appears.
     kubectl(&server, &["rollout", "undo", "deployment/web"]).await;
     let out = kubectl(

@@ -36,7 +36,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{labels, util};
+use super::{events, labels, util};
 
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -730,7 +730,9 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, kube
                 let rs = new_replica_set(&d, replicas, revision, collision);
                 match sets.create(&PostParams::default(), &rs).await {
                     Ok(created) => {
-                        tracing::info!(deployment = %format!("{ns}/{name}"), replicaset = %created.metadata.name.as_deref().unwrap_or(""), replicas, "created new replica set");
+                        let rs_name = created.metadata.name.clone().unwrap_or_default();
+                        tracing::info!(deployment = %format!("{ns}/{name}"), replicaset = %rs_name, replicas, "created new replica set");
+                        scaling_event(&ctx.client, &d, &rs_name, 0, replicas);
                         owned.push(created);
                         event = Event::Created;
                     }
@@ -766,6 +768,8 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, kube
                         .iter_mut()
                         .find(|rs| rs.metadata.name.as_deref() == Some(rs_name.as_str()))
                     {
+                        let before = SetState::of(slot).spec;
+                        scaling_event(&ctx.client, &d, &rs_name, before, replicas);
                         *slot = updated;
                     }
                 }
@@ -814,6 +818,20 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, kube
     }
     // The progress deadline is checked again later even if nothing else happens.
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// Records Kubernetes' `ScalingReplicaSet` event on the Deployment.
+fn scaling_event(client: &kube::Client, d: &Deployment, rs_name: &str, from: i32, to: i32) {
+    let direction = if to >= from { "up" } else { "down" };
+    events::record(
+        client,
+        events::normal(
+            "deployment-controller",
+            events::reference("apps/v1", "Deployment", &d.metadata),
+            "ScalingReplicaSet",
+            format!("Scaled {direction} replica set {rs_name} from {from} to {to}"),
+        ),
+    );
 }
 
 /// Whether two statuses differ only in condition timestamps (no write needed).

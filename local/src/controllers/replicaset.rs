@@ -22,7 +22,7 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{labels, util};
+use super::{events, labels, util};
 
 /// Whether a pod counts towards its ReplicaSet: not being deleted and not finished.
 pub fn is_active(pod: &Pod) -> bool {
@@ -170,6 +170,19 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: jiff::Timestamp) -> Plan {
     }
 }
 
+/// Batch sizes for creating `n` pods: 1, 2, 4, … (the last one what remains).
+pub fn slow_start_batches(n: usize) -> Vec<usize> {
+    let mut batches = Vec::new();
+    let (mut size, mut left) = (1, n);
+    while left > 0 {
+        let batch = size.min(left);
+        batches.push(batch);
+        left -= batch;
+        size *= 2;
+    }
+    batches
+}
+
 /// A new pod of the ReplicaSet: its template with a generated name and controller reference.
 pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
     let template: PodTemplateSpec = rs
@@ -250,17 +263,43 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
     if plan.create > 0 {
         let new_pod = pod_from_template(&rs);
         let params = PostParams::default();
-        let creates = (0..plan.create).map(|_| pods.create(&params, &new_pod));
-        for result in futures::future::join_all(creates).await {
-            if let Err(err) = result {
-                failure = Some(err);
+        let mut created = 0;
+        // Kubernetes' slow start: batches of 1, 2, 4, … so a failing create (a namespace
+        // being deleted, an invalid template) costs one request, not `replicas` of them.
+        for batch in slow_start_batches(plan.create) {
+            let creates = (0..batch).map(|_| pods.create(&params, &new_pod));
+            for result in futures::future::join_all(creates).await {
+                match result {
+                    Ok(pod) => {
+                        created += 1;
+                        let pod_name = pod.metadata.name.unwrap_or_default();
+                        record(
+                            &ctx.client,
+                            &rs,
+                            "SuccessfulCreate",
+                            format!("Created pod: {pod_name}"),
+                        );
+                    }
+                    Err(err) => failure = Some(err),
+                }
+            }
+            if failure.is_some() {
+                break;
             }
         }
-        tracing::info!(replicaset = %format!("{ns}/{name}"), count = plan.create, "created pods");
+        tracing::info!(replicaset = %format!("{ns}/{name}"), count = created, "created pods");
     }
     for pod in &plan.delete {
         match pods.delete(pod, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(replicaset = %format!("{ns}/{name}"), %pod, "deleted pod"),
+            Ok(_) => {
+                tracing::info!(replicaset = %format!("{ns}/{name}"), %pod, "deleted pod");
+                record(
+                    &ctx.client,
+                    &rs,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {pod}"),
+                );
+            }
             Err(err) if util::is_not_found(&err) => {}
             Err(err) => failure = Some(err),
         }
@@ -285,6 +324,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, kub
         Some(after) => Action::requeue(after + Duration::from_millis(50)),
         None => Action::await_change(),
     })
+}
+
+fn record(client: &kube::Client, rs: &ReplicaSet, reason: &str, message: String) {
+    let object = events::reference("apps/v1", "ReplicaSet", &rs.metadata);
+    events::record(
+        client,
+        events::normal("replicaset-controller", object, reason, message),
+    );
 }
 
 /// The `ReplicaFailure` condition Kubernetes sets when pods cannot be created or deleted
@@ -444,6 +491,13 @@ mod tests {
             (1, 0),
             "finished pods do not count"
         );
+    }
+
+    #[test]
+    fn pods_are_created_in_doubling_batches() {
+        assert_eq!(slow_start_batches(10), [1, 2, 4, 3]);
+        assert_eq!(slow_start_batches(1), [1]);
+        assert!(slow_start_batches(0).is_empty());
     }
 
     #[test]
