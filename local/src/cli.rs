@@ -27,6 +27,15 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server (HTTPS, bearer tokens, durable storage).
     Apiserver(ApiserverArgs),
+    /// Internal: the trampoline every container of the node agent starts through (joins
+    /// the container's cgroups, mounts its volumes in a private mount namespace, then
+    /// execs the container's command).
+    #[command(hide = true)]
+    ContainerInit {
+        /// The JSON spec the node agent wrote.
+        #[arg(long)]
+        spec: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -46,6 +55,44 @@ struct ApiserverArgs {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `cellmesh_local=debug`.
     #[arg(long, default_value = "info", env = "CELLMESH_LOG")]
     log: String,
+    /// Also run the node agent (runs pods as local processes).
+    #[arg(long)]
+    node: bool,
+    #[command(flatten)]
+    node_args: NodeArgs,
+}
+
+/// Options of the node agent (used with `--node`).
+#[derive(Args)]
+#[command(next_help_heading = "Node agent (with --node)")]
+struct NodeArgs {
+    /// Pod IPs are allocated from this loopback range, one per pod.
+    #[arg(long, default_value = "127.64.0.0/16")]
+    pod_cidr: crate::node::ipam::Cidr,
+    /// The DNS server written into each pod's /etc/resolv.conf.
+    #[arg(long, default_value = "127.53.0.10")]
+    cluster_dns: std::net::IpAddr,
+    /// Map an image to a local binary: `pattern=path` (pattern may end in `*`; path `host`
+    /// runs the command from the host). Repeatable; overrides the built-in map
+    /// (ghcr.io/cellmesh/cell:* → cellmesh-cell, ghcr.io/cellmesh/operator:* →
+    /// cellmesh-operator, busybox* → host).
+    #[arg(long = "image-map", value_name = "IMAGE=PATH")]
+    image_map: Vec<String>,
+    /// Root of the cgroup hierarchies.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Directory under each cgroup hierarchy for the containers' cgroups.
+    #[arg(long, default_value = "cellmesh")]
+    cgroup_parent: String,
+    /// Address of the node's HTTP metrics endpoint (/metrics/cadvisor, /metrics/resource).
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    node_metrics_addr: SocketAddr,
+    /// First CrashLoopBackOff delay (doubles per crash).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    crash_backoff: Duration,
+    /// Longest CrashLoopBackOff delay.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    crash_backoff_max: Duration,
 }
 
 /// Parses `500ms`, `30s`, `5m` or a plain number of seconds.
@@ -70,6 +117,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Apiserver(args) => run_apiserver(args),
+        Command::ContainerInit { spec } => crate::node::init::main(&spec),
     }
 }
 
@@ -87,15 +135,32 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let node_config = args.node.then(|| node_config(&args));
     let config = apiserver::Config {
         listen: args.listen,
         state_dir: args.state_dir,
         bookmark_interval: args.watch_bookmark_interval,
         event_window: args.event_window,
     };
+    let components = tokio_util::sync::CancellationToken::new();
+    let mut node_task: Option<tokio::task::JoinHandle<()>> = None;
     let result = runtime.block_on(apiserver::run(
         config,
         |addr, kubeconfig| {
+            if let Some(mut node_config) = node_config {
+                node_config.apiserver = addr;
+                let kubeconfig = kubeconfig.to_owned();
+                let shutdown = components.clone();
+                node_task = Some(tokio::spawn(async move {
+                    let result = match crate::client::from_kubeconfig(&kubeconfig).await {
+                        Ok(client) => crate::node::run(client, node_config, shutdown).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        tracing::error!("node agent stopped: {e:#}");
+                    }
+                }));
+            }
             // Scripts and tests wait for this line.
             println!("cellmesh-local apiserver listening on https://{addr}");
             println!("kubeconfig: {}", kubeconfig.display());
@@ -106,12 +171,39 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         },
         shutdown_signal(),
     ));
+    components.cancel();
+    if let Some(task) = node_task {
+        let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(5), task));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn node_config(args: &ApiserverArgs) -> crate::node::Config {
+    let n = &args.node_args;
+    crate::node::Config {
+        node_name: crate::node::NODE_NAME.to_owned(),
+        state_dir: args.state_dir.clone(),
+        pod_cidr: n.pod_cidr,
+        host_ip: if args.listen.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            args.listen.ip()
+        },
+        cluster_dns: n.cluster_dns,
+        apiserver: args.listen,
+        image_map: n.image_map.clone(),
+        cgroup_root: n.cgroup_root.clone(),
+        cgroup_parent: n.cgroup_parent.clone(),
+        metrics_addr: n.node_metrics_addr,
+        backoff_base: n.crash_backoff,
+        backoff_max: n.crash_backoff_max,
+        self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cellmesh-local")),
     }
 }
 
