@@ -287,7 +287,7 @@ pub async fn handle(req: Request<'_>) -> Result<Response, ApiError> {
                 list(&req, &info)
             }
         }
-        (&Method::GET, true, None | Some("status")) => get(&req, &info),
+        (&Method::GET, true, None | Some("status" | "resize")) => get(&req, &info),
         (&Method::GET, true, Some("scale")) => get_scale(&req, &info),
         (&Method::GET, true, Some("log")) => Err(ApiError::bad_request(format!(
             "pod {} does not have a host assigned",
