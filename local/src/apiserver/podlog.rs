@@ -142,6 +142,7 @@ pub async fn serve(state: &AppState, target: &Target, uri: &http::Uri) -> Result
         uid: uid.to_owned(),
         timestamps: shape.timestamps,
         first: Some(text),
+        seen_stopped: false,
     };
     let stream = futures::stream::unfold(follow, |mut f| async move {
         let chunk = f.next().await?;
@@ -163,6 +164,8 @@ struct Follow {
     uid: String,
     timestamps: bool,
     first: Option<String>,
+    /// The status said the container is not running (one more read, then end).
+    seen_stopped: bool,
 }
 
 impl Follow {
@@ -200,14 +203,30 @@ impl Follow {
             let replaced = logs::files(&self.dir, &self.container)
                 .last()
                 .is_some_and(|n| *n > self.restart);
-            let pod_gone = self
+            let pod = self
                 .state
                 .store
                 .get("/pods", &self.pod_key)
-                .is_none_or(|p| p.pointer("/metadata/uid").and_then(Value::as_str) != Some(self.uid.as_str()));
-            if replaced || pod_gone {
+                .filter(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str()));
+            let Some(pod) = pod else {
+                return None;
+            };
+            // The container stopped: everything it wrote has been sent (a read came back
+            // empty after the status said so).
+            let running = ["containerStatuses", "initContainerStatuses"].iter().any(|k| {
+                pod.pointer(&format!("/status/{k}"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|s| {
+                        s.get("name").and_then(Value::as_str) == Some(self.container.as_str())
+                            && s.pointer("/state/running").is_some()
+                    })
+            });
+            if replaced || (!running && self.seen_stopped) {
                 return None;
             }
+            self.seen_stopped = !running;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

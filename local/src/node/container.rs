@@ -288,7 +288,9 @@ pub async fn run(
         };
         let sig = std::os::unix::process::ExitStatusExt::signal(&status);
         let exit_code = status.code().unwrap_or_else(|| 128 + sig.unwrap_or(0));
-        let oom = stats.oom_kills > oom_before && sig == Some(9);
+        // Like the runtimes: any OOM kill in the container's cgroup (the killed process may
+        // be a child, its shell then exits with 137) makes the container OOMKilled.
+        let oom = stats.oom_kills > oom_before;
         let reason = if oom {
             "OOMKilled"
         } else if exit_code == 0 {
@@ -313,6 +315,9 @@ pub async fn run(
             s.finished = !restart;
         });
         ctx.agent.cgroups.remove(&cgroup_id);
+        if stopped {
+            return;
+        }
         if !restart {
             // Stay terminated until the pod goes away.
             loop {

@@ -158,8 +158,8 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
     let metrics_addr = listener.local_addr()?;
     tokio::spawn(metrics::serve(listener, Arc::clone(&agent)));
     tokio::spawn(metrics::sample_loop(Arc::clone(&agent)));
-    register_node(&agent, metrics_addr.port()).await?;
-    tokio::spawn(heartbeat(Arc::clone(&agent), metrics_addr.port()));
+    register_node(&agent, metrics_addr).await?;
+    tokio::spawn(heartbeat(Arc::clone(&agent), metrics_addr));
     tracing::info!(node = %agent.config.node_name, cgroups = agent.cgroups.version(), metrics = %metrics_addr, "node agent running");
     watch_pods(agent, shutdown).await
 }
@@ -207,7 +207,8 @@ fn node_status(agent: &Agent, port: u16) -> serde_json::Value {
     })
 }
 
-async fn register_node(agent: &Agent, port: u16) -> anyhow::Result<()> {
+async fn register_node(agent: &Agent, metrics: SocketAddr) -> anyhow::Result<()> {
+    let port = metrics.port();
     let api: Api<Node> = Api::all(agent.client.clone());
     let name = &agent.config.node_name;
     let metadata = json!({
@@ -219,7 +220,7 @@ async fn register_node(agent: &Agent, port: u16) -> anyhow::Result<()> {
         },
         "annotations": {
             "cellmesh.io/cgroups": agent.cgroups.version(),
-            "cellmesh.io/metrics-endpoint": format!("http://{}:{port}", agent.config.host_ip),
+            "cellmesh.io/metrics-endpoint": format!("http://{metrics}"),
         },
     });
     if api.get_opt(name).await?.is_none() {
@@ -243,7 +244,7 @@ async fn register_node(agent: &Agent, port: u16) -> anyhow::Result<()> {
 }
 
 /// Keeps the Node's Ready condition fresh (and recreates the Node if it was deleted).
-async fn heartbeat(agent: Arc<Agent>, port: u16) {
+async fn heartbeat(agent: Arc<Agent>, metrics: SocketAddr) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
     loop {
@@ -251,7 +252,7 @@ async fn heartbeat(agent: Arc<Agent>, port: u16) {
             _ = tick.tick() => {}
             () = agent.shutdown.cancelled() => return,
         }
-        if let Err(e) = register_node(&agent, port).await {
+        if let Err(e) = register_node(&agent, metrics).await {
             tracing::warn!(error = %e, "node heartbeat failed");
         }
     }

@@ -65,7 +65,21 @@ pub struct PodContext {
     pub containers: Mutex<Vec<Shared>>,
 }
 
+/// File in the pod directory holding the admitted resources.
+const CHECKPOINT: &str = "allocated.json";
+
 impl PodContext {
+    fn save_allocation(&self) {
+        let allocated = self.allocated();
+        let written = std::fs::create_dir_all(&self.pod_dir).and_then(|()| {
+            let text = serde_json::to_vec(&allocated).map_err(std::io::Error::other)?;
+            std::fs::write(self.pod_dir.join(CHECKPOINT), text)
+        });
+        if let Err(e) = written {
+            tracing::warn!(pod = %self.key, error = %e, "cannot checkpoint allocated resources");
+        }
+    }
+
     pub fn pod(&self) -> Arc<Pod> {
         Arc::clone(&self.pod.borrow().pod)
     }
@@ -372,14 +386,22 @@ pub async fn run(agent: Arc<Agent>, updates: watch::Receiver<Update>) {
         Err(_) => return,
     };
     let spec = pod.spec.clone().unwrap_or_default();
-    let mut allocated = HashMap::new();
+    let pod_dir = super::logs::pod_dir(&agent.config.state_dir, &namespace, &name, &uid);
+    // Admitted resources survive agent restarts (the kubelet's allocation checkpoint), so
+    // a pending resize stays pending instead of being applied by the restart.
+    let mut allocated: HashMap<String, Resources> = std::fs::read(pod_dir.join(CHECKPOINT))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
-        allocated.insert(c.name.clone(), Resources::of_container(c).unwrap_or_default());
+        allocated
+            .entry(c.name.clone())
+            .or_insert_with(|| Resources::of_container(c).unwrap_or_default());
     }
     let ctx = Arc::new(PodContext {
         agent: Arc::clone(&agent),
         key: key.clone(),
-        pod_dir: super::logs::pod_dir(&agent.config.state_dir, &namespace, &name, &uid),
+        pod_dir,
         volumes_dir: agent.config.state_dir.join("volumes").join(&uid),
         namespace,
         name,
@@ -390,6 +412,7 @@ pub async fn run(agent: Arc<Agent>, updates: watch::Receiver<Update>) {
         fetched: Mutex::new(volumes::Fetched::default()),
         containers: Mutex::new(Vec::new()),
     });
+    ctx.save_allocation();
     if let Ok(mut pods) = agent.pods.lock() {
         pods.insert(uid.clone(), Arc::clone(&ctx));
     }
@@ -728,6 +751,7 @@ impl Worker {
                 }
             }
         }
+        self.ctx.save_allocation();
         self.resize.in_progress = Some(String::new());
         self.publish(usize::MAX).await;
         let mut errors = Vec::new();

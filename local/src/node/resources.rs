@@ -62,7 +62,7 @@ fn parse_decimal(text: &str) -> Result<f64, String> {
 }
 
 /// CPU and memory of one side (requests or limits) of a container, parsed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Amounts {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
@@ -86,7 +86,7 @@ impl Amounts {
 
 /// A container's effective requests and limits (a missing request defaults to the limit,
 /// as the API server's defaulting does).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     pub requests: Amounts,
     pub limits: Amounts,
