@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Kubernetes-compatible API server (HTTPS, bearer tokens, durable storage).
-    Apiserver(ApiserverArgs),
+    Apiserver(Box<ApiserverArgs>),
     /// Internal: the trampoline every container of the node agent starts through (joins
     /// the container's cgroups, mounts its volumes in a private mount namespace, then
     /// execs the container's command).
@@ -116,7 +116,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Apiserver(args) => run_apiserver(args),
+        Command::Apiserver(args) => run_apiserver(*args),
         Command::ContainerInit { spec } => crate::node::init::main(&spec),
     }
 }

@@ -20,25 +20,28 @@ pub const VERSION: &str = "v1beta1";
 
 /// The resources this API adds to discovery.
 pub fn resources() -> Vec<ResourceInfo> {
-    [("pods", "PodMetrics", true), ("nodes", "NodeMetrics", false)]
-        .into_iter()
-        .map(|(resource, kind, namespaced)| ResourceInfo {
-            group: GROUP.into(),
-            version: VERSION.into(),
-            resource: resource.into(),
-            singular: String::new(),
-            kind: kind.into(),
-            namespaced,
-            verbs: vec!["get".into(), "list".into()],
-            short_names: Vec::new(),
-            categories: Vec::new(),
-            subresources: Vec::new(),
-            tracks_generation: false,
-            custom: false,
-            printer_columns: Vec::new(),
-            scale: None,
-        })
-        .collect()
+    [
+        ("pods", "PodMetrics", true),
+        ("nodes", "NodeMetrics", false),
+    ]
+    .into_iter()
+    .map(|(resource, kind, namespaced)| ResourceInfo {
+        group: GROUP.into(),
+        version: VERSION.into(),
+        resource: resource.into(),
+        singular: String::new(),
+        kind: kind.into(),
+        namespaced,
+        verbs: vec!["get".into(), "list".into()],
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        subresources: Vec::new(),
+        tracks_generation: false,
+        custom: false,
+        printer_columns: Vec::new(),
+        scale: None,
+    })
+    .collect()
 }
 
 /// `GET http://host:port/path` with HTTP/1.0 (the body ends at EOF).
@@ -51,14 +54,24 @@ async fn http_get(endpoint: &str, path: &str) -> Result<Value, String> {
         let mut stream = tokio::net::TcpStream::connect(authority)
             .await
             .map_err(|e| format!("cannot reach {endpoint}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&response);
         let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed response")?;
-        if !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
-            return Err(format!("{endpoint}{path}: {}", head.lines().next().unwrap_or("")));
+        if head.split_whitespace().nth(1).is_none_or(|c| c != "200") {
+            return Err(format!(
+                "{endpoint}{path}: {}",
+                head.lines().next().unwrap_or("")
+            ));
         }
         serde_json::from_str(body).map_err(|e| format!("{endpoint}{path}: invalid JSON: {e}"))
     };
@@ -94,7 +107,11 @@ fn with_kind(mut item: Value, kind: &str) -> Value {
     item
 }
 
-fn matches_labels(item: &Value, selector: Option<&str>, labels_of: &dyn Fn(&Value) -> Value) -> bool {
+fn matches_labels(
+    item: &Value,
+    selector: Option<&str>,
+    labels_of: &dyn Fn(&Value) -> Value,
+) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
         return true;
     };
@@ -109,7 +126,12 @@ fn matches_labels(item: &Value, selector: Option<&str>, labels_of: &dyn Fn(&Valu
     })
 }
 
-pub async fn serve(state: &AppState, method: &Method, target: &Target, query: &Query) -> Result<Response, ApiError> {
+pub async fn serve(
+    state: &AppState,
+    method: &Method,
+    target: &Target,
+    query: &Query,
+) -> Result<Response, ApiError> {
     if method != Method::GET || target.subresource.is_some() {
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {})",
@@ -124,7 +146,12 @@ pub async fn serve(state: &AppState, method: &Method, target: &Target, query: &Q
     let mut items: Vec<Value> = Vec::new();
     for r in readings(state).await {
         if target.resource == "pods" {
-            items.extend(r.get("pods").and_then(Value::as_array).cloned().unwrap_or_default());
+            items.extend(
+                r.get("pods")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         } else if let Some(node) = r.get("node") {
             items.push(node.clone());
         }
@@ -132,7 +159,10 @@ pub async fn serve(state: &AppState, method: &Method, target: &Target, query: &Q
     // Pod labels come from the stored pods (selectors in `kubectl top pod -l`).
     let labels_of = |item: &Value| -> Value {
         let ns = item.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = item
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let key = match ns {
             Some(ns) => format!("{ns}/{name}"),
             None => name.to_owned(),
@@ -144,10 +174,9 @@ pub async fn serve(state: &AppState, method: &Method, target: &Target, query: &Q
             .unwrap_or(json!({}))
     };
     items.retain(|item| {
-        target
-            .namespace
-            .as_deref()
-            .is_none_or(|ns| item.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns))
+        target.namespace.as_deref().is_none_or(|ns| {
+            item.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
+        })
     });
     if let Some(name) = &target.name {
         let found = items

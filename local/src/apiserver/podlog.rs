@@ -35,8 +35,9 @@ pub struct LogQuery {
 fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
     value
         .map(|v| {
-            v.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("{name}: {v:?} is not a non-negative integer")))
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!("{name}: {v:?} is not a non-negative integer"))
+            })
         })
         .transpose()
 }
@@ -45,7 +46,12 @@ fn number(name: &str, value: Option<&str>) -> Result<Option<u64>, ApiError> {
 fn container_of(pod: &Value, name: &str, wanted: Option<&str>) -> Result<String, ApiError> {
     let names: Vec<String> = ["containers", "initContainers"]
         .iter()
-        .flat_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array).cloned().unwrap_or_default())
+        .flat_map(|k| {
+            pod.pointer(&format!("/spec/{k}"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
         .collect();
     let app: Vec<&str> = pod
@@ -68,7 +74,11 @@ fn container_of(pod: &Value, name: &str, wanted: Option<&str>) -> Result<String,
     }
 }
 
-pub async fn serve(state: &AppState, target: &Target, uri: &http::Uri) -> Result<Response, ApiError> {
+pub async fn serve(
+    state: &AppState,
+    target: &Target,
+    uri: &http::Uri,
+) -> Result<Response, ApiError> {
     let query = axum::extract::Query::<LogQuery>::try_from_uri(uri)
         .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))?
         .0;
@@ -80,16 +90,23 @@ pub async fn serve(state: &AppState, target: &Target, uri: &http::Uri) -> Result
         .get("/pods", &key)
         .ok_or_else(|| ApiError::not_found("", "pods", &name))?;
     let container = container_of(&pod, &name, query.container.as_deref())?;
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let dir = logs::pod_dir(&state.config.state_dir, &namespace, &name, uid);
     let files = logs::files(&dir, &container);
     let previous = is_true(query.previous.as_deref());
     let chosen = if previous {
-        files.len().checked_sub(2).map(|i| files[i]).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "previous terminated container \"{container}\" in pod \"{name}\" not found"
-            ))
-        })?
+        files
+            .len()
+            .checked_sub(2)
+            .map(|i| files[i])
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "previous terminated container \"{container}\" in pod \"{name}\" not found"
+                ))
+            })?
     } else {
         *files.last().ok_or_else(|| {
             let reason = pod
@@ -203,26 +220,24 @@ impl Follow {
             let replaced = logs::files(&self.dir, &self.container)
                 .last()
                 .is_some_and(|n| *n > self.restart);
-            let pod = self
-                .state
-                .store
-                .get("/pods", &self.pod_key)
-                .filter(|p| p.pointer("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str()));
-            let Some(pod) = pod else {
-                return None;
-            };
+            let pod = self.state.store.get("/pods", &self.pod_key).filter(|p| {
+                p.pointer("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str())
+            });
+            let pod = pod?;
             // The container stopped: everything it wrote has been sent (a read came back
             // empty after the status said so).
-            let running = ["containerStatuses", "initContainerStatuses"].iter().any(|k| {
-                pod.pointer(&format!("/status/{k}"))
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .any(|s| {
-                        s.get("name").and_then(Value::as_str) == Some(self.container.as_str())
-                            && s.pointer("/state/running").is_some()
-                    })
-            });
+            let running = ["containerStatuses", "initContainerStatuses"]
+                .iter()
+                .any(|k| {
+                    pod.pointer(&format!("/status/{k}"))
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .any(|s| {
+                            s.get("name").and_then(Value::as_str) == Some(self.container.as_str())
+                                && s.pointer("/state/running").is_some()
+                        })
+                });
             if replaced || (!running && self.seen_stopped) {
                 return None;
             }
@@ -242,7 +257,12 @@ mod tests {
         assert_eq!(container_of(&pod, "p", Some("b")).unwrap(), "b");
         assert_eq!(container_of(&pod, "p", Some("i")).unwrap(), "i");
         let err = container_of(&pod, "p", None).unwrap_err();
-        assert!(err.status()["message"].as_str().unwrap().contains("choose one of: [a b]"));
+        assert!(
+            err.status()["message"]
+                .as_str()
+                .unwrap()
+                .contains("choose one of: [a b]")
+        );
         assert!(container_of(&pod, "p", Some("z")).is_err());
         let single = serde_json::json!({"spec": {"containers": [{"name": "only"}]}});
         assert_eq!(container_of(&single, "p", None).unwrap(), "only");

@@ -59,7 +59,9 @@ pub fn write(dir: &Path, files: &BTreeMap<String, Vec<u8>>, mode: u32) -> Result
         return Ok(false);
     }
     fs::create_dir_all(dir).map_err(|e| io("cannot create the volume", e))?;
-    let stamp = jiff::Timestamp::now().strftime("..%Y_%m_%d_%H_%M_%S.%f").to_string();
+    let stamp = jiff::Timestamp::now()
+        .strftime("..%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
     let fresh = dir.join(&stamp);
     fs::create_dir(&fresh).map_err(|e| io("cannot create a payload directory", e))?;
     for (path, content) in files {
@@ -124,12 +126,19 @@ mod tests {
         assert_eq!(fs::read_link(v.join("a")).unwrap(), Path::new("..data/a"));
         let first = fs::read_link(v.join(DATA_DIR)).unwrap();
         assert!(!write(&v, &files(&[("a", "1"), ("b", "2"), ("sub/c", "3")]), 0o644).unwrap());
-        assert_eq!(fs::read_link(v.join(DATA_DIR)).unwrap(), first, "no-op keeps ..data");
+        assert_eq!(
+            fs::read_link(v.join(DATA_DIR)).unwrap(),
+            first,
+            "no-op keeps ..data"
+        );
 
         assert!(write(&v, &files(&[("a", "changed")]), 0o644).unwrap());
         assert_eq!(fs::read_to_string(v.join("a")).unwrap(), "changed");
         assert!(!v.join("b").exists(), "removed key is gone");
-        assert!(fs::symlink_metadata(v.join("b")).is_err(), "and its link too");
+        assert!(
+            fs::symlink_metadata(v.join("b")).is_err(),
+            "and its link too"
+        );
         let second = fs::read_link(v.join(DATA_DIR)).unwrap();
         assert_ne!(first, second);
         assert!(!v.join(&first).exists(), "old payload removed");

@@ -74,8 +74,12 @@ fn read_u64(path: &Path) -> io::Result<u64> {
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
-    fs::write(path, value)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot write {value:?} to {}: {e}", path.display())))
+    fs::write(path, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot write {value:?} to {}: {e}", path.display()),
+        )
+    })
 }
 
 /// `key value` lines (memory.stat, memory.events, memory.oom_control, cpu.stat).
@@ -134,8 +138,9 @@ impl Cgroups for V1 {
         let mut procs = Vec::new();
         for controller in ["cpu", "cpuacct", "memory"] {
             let dir = self.dir(controller, id);
-            fs::create_dir_all(&dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+            fs::create_dir_all(&dir).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+            })?;
             procs.push(dir.join("cgroup.procs"));
         }
         self.apply(id, limits)?;
@@ -144,14 +149,22 @@ impl Cgroups for V1 {
 
     fn apply(&self, id: &str, limits: &CgroupLimits) -> io::Result<()> {
         let cpu = self.dir("cpu", id);
-        write(&cpu.join("cpu.cfs_period_us"), &limits.cpu_period_us.to_string())?;
-        let quota = limits.cpu_quota_us.map_or("-1".to_owned(), |q| q.to_string());
+        write(
+            &cpu.join("cpu.cfs_period_us"),
+            &limits.cpu_period_us.to_string(),
+        )?;
+        let quota = limits
+            .cpu_quota_us
+            .map_or("-1".to_owned(), |q| q.to_string());
         write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
         write(&cpu.join("cpu.shares"), &limits.cpu_shares.to_string())?;
         let memory = limits
             .memory_limit_bytes
             .map_or("-1".to_owned(), |m| m.to_string());
-        write(&self.dir("memory", id).join("memory.limit_in_bytes"), &memory)
+        write(
+            &self.dir("memory", id).join("memory.limit_in_bytes"),
+            &memory,
+        )
     }
 
     fn read_limits(&self, id: &str) -> io::Result<CgroupLimits> {
@@ -226,8 +239,9 @@ impl Cgroups for V2 {
 
     fn create(&self, id: &str, limits: &CgroupLimits) -> io::Result<Vec<PathBuf>> {
         let dir = self.dir(id);
-        fs::create_dir_all(&dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+        })?;
         // Enable cpu and memory for the children of every ancestor of the leaf.
         let relative = Path::new(&self.parent).join(id);
         let mut ancestor = self.root.clone();
@@ -245,8 +259,13 @@ impl Cgroups for V2 {
 
     fn apply(&self, id: &str, limits: &CgroupLimits) -> io::Result<()> {
         let dir = self.dir(id);
-        let quota = limits.cpu_quota_us.map_or("max".to_owned(), |q| q.to_string());
-        write(&dir.join("cpu.max"), &format!("{quota} {}", limits.cpu_period_us))?;
+        let quota = limits
+            .cpu_quota_us
+            .map_or("max".to_owned(), |q| q.to_string());
+        write(
+            &dir.join("cpu.max"),
+            &format!("{quota} {}", limits.cpu_period_us),
+        )?;
         write(&dir.join("cpu.weight"), &limits.cpu_weight().to_string())?;
         let memory = limits
             .memory_limit_bytes
@@ -259,7 +278,10 @@ impl Cgroups for V2 {
         let cpu_max = fs::read_to_string(dir.join("cpu.max"))?;
         let mut fields = cpu_max.split_whitespace();
         let quota = fields.next().and_then(|q| q.parse().ok());
-        let period = fields.next().and_then(|p| p.parse().ok()).unwrap_or(100_000);
+        let period = fields
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(100_000);
         let weight = read_u64(&dir.join("cpu.weight"))?;
         let memory = fs::read_to_string(dir.join("memory.max"))?;
         Ok(CgroupLimits {
@@ -366,12 +388,19 @@ mod tests {
     #[test]
     fn v2_writes_limits_and_reads_stats_from_a_fake_tree() {
         let root = tempfile::tempdir().unwrap();
-        fs::write(root.path().join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
         let cg = V2::new(root.path(), "cellmesh");
         let procs = cg.create("uid1/app", &limits()).unwrap();
         let leaf = root.path().join("cellmesh/uid1/app");
         assert_eq!(procs, vec![leaf.join("cgroup.procs")]);
-        assert_eq!(fs::read_to_string(leaf.join("cpu.max")).unwrap(), "50000 100000");
+        assert_eq!(
+            fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
         assert_eq!(fs::read_to_string(leaf.join("cpu.weight")).unwrap(), "10");
         assert_eq!(
             fs::read_to_string(leaf.join("memory.max")).unwrap(),
@@ -395,14 +424,21 @@ mod tests {
             ..limits()
         };
         cg.apply("uid1/app", &unlimited).unwrap();
-        assert_eq!(fs::read_to_string(leaf.join("cpu.max")).unwrap(), "max 100000");
+        assert_eq!(
+            fs::read_to_string(leaf.join("cpu.max")).unwrap(),
+            "max 100000"
+        );
         assert_eq!(fs::read_to_string(leaf.join("memory.max")).unwrap(), "max");
         assert_eq!(cg.read_limits("uid1/app").unwrap().memory_limit_bytes, None);
 
         fs::write(leaf.join("memory.current"), "1000\n").unwrap();
         fs::write(leaf.join("memory.stat"), "anon 600\ninactive_file 300\n").unwrap();
         fs::write(leaf.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
-        fs::write(leaf.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            leaf.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         assert_eq!(
             cg.stats("uid1/app").unwrap(),
             Stats {
@@ -422,7 +458,10 @@ mod tests {
         let procs = cg.create("u/c", &limits()).unwrap();
         assert_eq!(procs.len(), 3);
         let cpu = root.path().join("cpu/cm/u/c");
-        assert_eq!(fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(), "50000");
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
         assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "256");
         let read = cg.read_limits("u/c").unwrap();
         assert_eq!(read, limits());

@@ -28,8 +28,14 @@ pub struct Terminated {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { started_at: jiff::Timestamp, pid: u32 },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: jiff::Timestamp,
+        pid: u32,
+    },
     Terminated(Terminated),
 }
 
@@ -164,12 +170,20 @@ fn signal(pid: u32, sig: Signal) {
 enum Ended {
     Exited(std::process::ExitStatus),
     /// Killed on purpose: restart requested (not a failure) or liveness failure.
-    Killed { status: std::process::ExitStatus, reason: Option<String>, count_as_failure: bool },
+    Killed {
+        status: std::process::ExitStatus,
+        reason: Option<String>,
+        count_as_failure: bool,
+    },
     Stopped(std::process::ExitStatus),
 }
 
 /// SIGTERM, then SIGKILL after `grace`; waits for the exit.
-async fn terminate(child: &mut tokio::process::Child, pid: u32, grace: Duration) -> std::process::ExitStatus {
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: u32,
+    grace: Duration,
+) -> std::process::ExitStatus {
     signal(pid, Signal::SIGTERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => status,
@@ -236,7 +250,12 @@ pub async fn run(
         let pid = spawned.pid;
         let started_at = jiff::Timestamp::now();
         let began = Instant::now();
-        let oom_before = ctx.agent.cgroups.stats(&cgroup_id).map(|s| s.oom_kills).unwrap_or(0);
+        let oom_before = ctx
+            .agent
+            .cgroups
+            .stats(&cgroup_id)
+            .map(|s| s.oom_kills)
+            .unwrap_or(0);
         shared.update(|s| {
             s.state = State::Running { started_at, pid };
             s.ready = false;
@@ -281,9 +300,11 @@ pub async fn run(
         }
         let (status, stopped, restart_now, kill_reason, failure) = match ended {
             Ended::Exited(s) => (s, false, false, None, true),
-            Ended::Killed { status, reason, count_as_failure } => {
-                (status, false, !count_as_failure, reason, count_as_failure)
-            }
+            Ended::Killed {
+                status,
+                reason,
+                count_as_failure,
+            } => (status, false, !count_as_failure, reason, count_as_failure),
             Ended::Stopped(s) => (s, true, false, None, false),
         };
         let sig = std::os::unix::process::ExitStatusExt::signal(&status);
@@ -327,7 +348,11 @@ pub async fn run(
                 }
             }
         }
-        let delay = if failure { backoff.next(began.elapsed()) } else { Duration::ZERO };
+        let delay = if failure {
+            backoff.next(began.elapsed())
+        } else {
+            Duration::ZERO
+        };
         if !delay.is_zero() {
             let message = format!(
                 "back-off {} restarting failed container={} pod={}",
@@ -383,7 +408,11 @@ mod tests {
         let short = Duration::from_secs(1);
         let delays: Vec<u64> = (0..8).map(|_| b.next(short).as_secs()).collect();
         assert_eq!(delays, [0, 10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(b.next(Duration::from_secs(3001)), Duration::ZERO, "reset after a long run");
+        assert_eq!(
+            b.next(Duration::from_secs(3001)),
+            Duration::ZERO,
+            "reset after a long run"
+        );
         assert_eq!(humanize(Duration::from_secs(80)), "1m20s");
         assert_eq!(humanize(Duration::from_secs(10)), "10s");
     }

@@ -102,9 +102,17 @@ pub fn resolve(
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (data, what, optional) = if let Some(cm) = &from.config_map_ref {
-            (sources.config_map(&cm.name), format!("configmap {:?}", cm.name), cm.optional)
+            (
+                sources.config_map(&cm.name),
+                format!("configmap {:?}", cm.name),
+                cm.optional,
+            )
         } else if let Some(s) = &from.secret_ref {
-            (sources.secret(&s.name), format!("secret {:?}", s.name), s.optional)
+            (
+                sources.secret(&s.name),
+                format!("secret {:?}", s.name),
+                s.optional,
+            )
         } else {
             continue;
         };
@@ -131,12 +139,21 @@ pub fn resolve(
             }
             (None, Some(from)) => {
                 if let Some(f) = &from.field_ref {
-                    downward.field(&f.field_path).map_err(|e| format!("env {}: {e}", var.name))?
-                } else if let Some(r) = &from.resource_field_ref {
-                    resource_field(container, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()))
+                    downward
+                        .field(&f.field_path)
                         .map_err(|e| format!("env {}: {e}", var.name))?
+                } else if let Some(r) = &from.resource_field_ref {
+                    resource_field(
+                        container,
+                        &r.resource,
+                        r.divisor.as_ref().map(|d| d.0.as_str()),
+                    )
+                    .map_err(|e| format!("env {}: {e}", var.name))?
                 } else if let Some(k) = &from.config_map_key_ref {
-                    match sources.config_map(&k.name).and_then(|d| d.get(&k.key).cloned()) {
+                    match sources
+                        .config_map(&k.name)
+                        .and_then(|d| d.get(&k.key).cloned())
+                    {
                         Some(v) => v,
                         None if k.optional == Some(true) => continue,
                         None => {
@@ -171,7 +188,11 @@ pub fn resolve(
 /// `limits.cpu`, `requests.memory`, … of the container, divided by `divisor` (rounded up;
 /// an unset limit reports the node's allocatable in Kubernetes — we report 0 → the
 /// kubelet would report node capacity; documented limitation: here it is the machine's).
-fn resource_field(container: &Container, resource: &str, divisor: Option<&str>) -> Result<String, String> {
+fn resource_field(
+    container: &Container,
+    resource: &str,
+    divisor: Option<&str>,
+) -> Result<String, String> {
     let r = Resources::of_container(container)?;
     let machine_cpu = std::thread::available_parallelism().map_or(1, |n| n.get() as u64) * 1000;
     let (value, is_cpu) = match resource {
@@ -182,7 +203,9 @@ fn resource_field(container: &Container, resource: &str, divisor: Option<&str>) 
         other => return Err(format!("unsupported resourceFieldRef.resource {other:?}")),
     };
     if is_cpu {
-        let divisor = divisor.map_or(Ok(1000), super::resources::parse_cpu_millis)?.max(1);
+        let divisor = divisor
+            .map_or(Ok(1000), super::resources::parse_cpu_millis)?
+            .max(1);
         Ok(value.div_ceil(divisor).to_string())
     } else {
         let divisor = divisor.map_or(Ok(1), super::resources::parse_bytes)?.max(1);
@@ -192,11 +215,7 @@ fn resource_field(container: &Container, resource: &str, divisor: Option<&str>) 
 
 /// The container's argv: `command` replaces the image's entrypoint, `args` its default
 /// arguments; both have `$(VAR)` expanded against the final environment.
-pub fn argv(
-    container: &Container,
-    entrypoint: &[String],
-    env: &[(String, String)],
-) -> Vec<String> {
+pub fn argv(container: &Container, entrypoint: &[String], env: &[(String, String)]) -> Vec<String> {
     let lookup = |name: &str| {
         env.iter()
             .rev()

@@ -73,7 +73,9 @@ impl ImageMap {
                 format!("--image-map {entry:?}: expected image=path (or image=host)")
             })?;
             if pattern.is_empty() || path.is_empty() {
-                return Err(format!("--image-map {entry:?}: image and path must not be empty"));
+                return Err(format!(
+                    "--image-map {entry:?}: image and path must not be empty"
+                ));
             }
             let target = if path == "host" {
                 Target::Host
@@ -88,7 +90,11 @@ impl ImageMap {
         ] {
             entries.push((pattern.to_owned(), Target::Binary(find_binary(binary))));
         }
-        for pattern in ["busybox*", "docker.io/busybox*", "docker.io/library/busybox*"] {
+        for pattern in [
+            "busybox*",
+            "docker.io/busybox*",
+            "docker.io/library/busybox*",
+        ] {
             entries.push((pattern.to_owned(), Target::Host));
         }
         Ok(Self { entries })
@@ -117,13 +123,19 @@ mod tests {
 
     #[test]
     fn maps_known_images_and_overrides() {
-        let map = ImageMap::new(&["example.com/app:v1=/opt/app".into(), "busybox:1.36=/bin/bb".into()])
-            .unwrap();
+        let map = ImageMap::new(&[
+            "example.com/app:v1=/opt/app".into(),
+            "busybox:1.36=/bin/bb".into(),
+        ])
+        .unwrap();
         assert_eq!(
             map.resolve("example.com/app:v1"),
             Some(Target::Binary("/opt/app".into()))
         );
-        assert_eq!(map.resolve("busybox:1.36"), Some(Target::Binary("/bin/bb".into())));
+        assert_eq!(
+            map.resolve("busybox:1.36"),
+            Some(Target::Binary("/bin/bb".into()))
+        );
         assert_eq!(map.resolve("busybox"), Some(Target::Host));
         assert!(matches!(
             map.resolve("ghcr.io/cellmesh/cell:0.1.0"),

@@ -81,7 +81,11 @@ fn run(spec_path: &Path) -> anyhow::Result<std::convert::Infallible> {
         .context("cannot make / private")?;
         for m in &spec.mounts {
             bind(m).with_context(|| {
-                format!("cannot mount {} at {}", m.source.display(), m.target.display())
+                format!(
+                    "cannot mount {} at {}",
+                    m.source.display(),
+                    m.target.display()
+                )
             })?;
         }
         if !spec.hostname.is_empty() {
@@ -93,7 +97,10 @@ fn run(spec_path: &Path) -> anyhow::Result<std::convert::Infallible> {
         .split_first()
         .context("the container has no command (set command or args)")?;
     let mut command = std::process::Command::new(program);
-    command.args(args).env_clear().envs(spec.env.iter().cloned());
+    command
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().cloned());
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
     }

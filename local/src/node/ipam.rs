@@ -80,7 +80,11 @@ impl Allocator {
         let usable = self.cidr.size() - 2;
         for _ in 0..usable {
             let offset = self.next;
-            self.next = if self.next >= usable { 1 } else { self.next + 1 };
+            self.next = if self.next >= usable {
+                1
+            } else {
+                self.next + 1
+            };
             let ip = Ipv4Addr::from(self.cidr.base + offset);
             if self.used.insert(ip) {
                 return Ok(ip);

@@ -31,7 +31,11 @@ pub async fn copy(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf).await {
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -78,13 +82,7 @@ pub fn files(pod_dir: &Path, container: &str) -> Vec<i32> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".log")?
-                .parse()
-                .ok()
-        })
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
         .collect();
     counts.sort_unstable();
     counts
@@ -140,9 +138,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = log_path(dir.path(), "c", 0);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let file = std::sync::Arc::new(std::sync::Mutex::new(
-            std::fs::File::create(&path).unwrap(),
-        ));
+        let file =
+            std::sync::Arc::new(std::sync::Mutex::new(std::fs::File::create(&path).unwrap()));
         copy(&b"one\ntwo\nthree"[..], "stdout", file.clone()).await;
         copy(&b"oops\n"[..], "stderr", file).await;
         let content = std::fs::read_to_string(&path).unwrap();
@@ -151,9 +148,21 @@ mod tests {
         assert_eq!(first.text, "one");
         assert!(first.timestamp.parse::<jiff::Timestamp>().is_ok());
         assert_eq!(render(&content, Shape::default()), "one\ntwo\nthreeoops\n");
-        let tail = render(&content, Shape { tail_lines: Some(1), ..Default::default() });
+        let tail = render(
+            &content,
+            Shape {
+                tail_lines: Some(1),
+                ..Default::default()
+            },
+        );
         assert_eq!(tail, "threeoops\n");
-        let stamped = render(&content, Shape { timestamps: true, ..Default::default() });
+        let stamped = render(
+            &content,
+            Shape {
+                timestamps: true,
+                ..Default::default()
+            },
+        );
         assert!(stamped.starts_with(first.timestamp), "{stamped}");
         assert_eq!(files(dir.path(), "c"), [0]);
         assert!(files(dir.path(), "absent").is_empty());

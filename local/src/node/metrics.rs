@@ -130,7 +130,11 @@ fn running(agent: &Agent) -> Vec<Running> {
             let image = pod
                 .spec
                 .iter()
-                .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
                 .find(|c| c.name == status.name)
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default();
@@ -177,13 +181,41 @@ fn escape(value: &str) -> String {
 pub fn cadvisor(agent: &Agent) -> String {
     let containers = running(agent);
     let families: [(&str, &str, &str); 7] = [
-        ("container_cpu_usage_seconds_total", "counter", "Cumulative cpu time consumed in seconds."),
-        ("container_memory_working_set_bytes", "gauge", "Current working set in bytes."),
-        ("container_spec_cpu_quota", "gauge", "CPU quota of the container."),
-        ("container_spec_cpu_period", "gauge", "CPU period of the container."),
-        ("container_spec_cpu_shares", "gauge", "CPU share of the container."),
-        ("container_spec_memory_limit_bytes", "gauge", "Memory limit for the container."),
-        ("container_oom_events_total", "counter", "Count of out of memory events observed for the container"),
+        (
+            "container_cpu_usage_seconds_total",
+            "counter",
+            "Cumulative cpu time consumed in seconds.",
+        ),
+        (
+            "container_memory_working_set_bytes",
+            "gauge",
+            "Current working set in bytes.",
+        ),
+        (
+            "container_spec_cpu_quota",
+            "gauge",
+            "CPU quota of the container.",
+        ),
+        (
+            "container_spec_cpu_period",
+            "gauge",
+            "CPU period of the container.",
+        ),
+        (
+            "container_spec_cpu_shares",
+            "gauge",
+            "CPU share of the container.",
+        ),
+        (
+            "container_spec_memory_limit_bytes",
+            "gauge",
+            "Memory limit for the container.",
+        ),
+        (
+            "container_oom_events_total",
+            "counter",
+            "Count of out of memory events observed for the container",
+        ),
     ];
     let mut rows: Vec<Vec<(String, f64)>> = vec![Vec::new(); families.len()];
     for c in &containers {
@@ -201,7 +233,10 @@ pub fn cadvisor(agent: &Agent) -> String {
             continue;
         };
         let limits = agent.cgroups.read_limits(&c.cgroup).ok();
-        rows[0].push((format!("{labels},cpu=\"total\""), stats.cpu_usage_ns as f64 / 1e9));
+        rows[0].push((
+            format!("{labels},cpu=\"total\""),
+            stats.cpu_usage_ns as f64 / 1e9,
+        ));
         rows[1].push((labels.clone(), stats.memory_working_set_bytes as f64));
         if let Some(l) = limits {
             // cAdvisor reports 0 for "no quota" / "no limit".
@@ -229,10 +264,7 @@ fn window(d: Duration) -> String {
 /// NodeMetrics and PodMetrics (metrics.k8s.io/v1beta1 shapes) from the last samples.
 pub fn resource_readings(agent: &Agent) -> serde_json::Value {
     let now = jiff::Timestamp::now().to_string();
-    let (node_cores, node_window) = agent
-        .metrics
-        .rate("node")
-        .unwrap_or((0.0, SAMPLE_PERIOD));
+    let (node_cores, node_window) = agent.metrics.rate("node").unwrap_or((0.0, SAMPLE_PERIOD));
     let node = json!({
         "metadata": {"name": agent.config.node_name, "creationTimestamp": now},
         "timestamp": now,
@@ -263,7 +295,10 @@ pub fn resource_readings(agent: &Agent) -> serde_json::Value {
     let pods: Vec<serde_json::Value> = pods
         .into_iter()
         .map(|((namespace, name), containers)| {
-            let w = windows.get(&(namespace.clone(), name.clone())).copied().unwrap_or(SAMPLE_PERIOD);
+            let w = windows
+                .get(&(namespace.clone(), name.clone()))
+                .copied()
+                .unwrap_or(SAMPLE_PERIOD);
             json!({
                 "metadata": {"name": name, "namespace": namespace, "creationTimestamp": now},
                 "timestamp": now,
@@ -281,7 +316,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/metrics/cadvisor",
             get(|State(agent): State<Arc<Agent>>| async move {
                 (
-                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     cadvisor(&agent),
                 )
                     .into_response()

@@ -122,7 +122,11 @@ fn machine_memory_bytes() -> u64 {
 }
 
 /// Runs the node agent until `shutdown` is cancelled.
-pub async fn run(client: kube::Client, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let cgroups = cgroup::detect(&config.cgroup_root, &config.cgroup_parent);
     let root = nix::unistd::geteuid().is_root();
     if cgroups.version() == "none" {
@@ -132,7 +136,9 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
         );
     }
     if !root {
-        tracing::warn!("not running as root: containers share the host's mount namespace, so volumes are not visible at their mountPath");
+        tracing::warn!(
+            "not running as root: containers share the host's mount namespace, so volumes are not visible at their mountPath"
+        );
     }
     let ca_pem = std::fs::read_to_string(config.state_dir.join("ca.crt")).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
@@ -154,7 +160,12 @@ pub async fn run(client: kube::Client, config: Config, shutdown: CancellationTok
     });
     let listener = tokio::net::TcpListener::bind(agent.config.metrics_addr)
         .await
-        .with_context(|| format!("cannot listen on {} for node metrics", agent.config.metrics_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for node metrics",
+                agent.config.metrics_addr
+            )
+        })?;
     let metrics_addr = listener.local_addr()?;
     tokio::spawn(metrics::serve(listener, Arc::clone(&agent)));
     tokio::spawn(metrics::sample_loop(Arc::clone(&agent)));
@@ -224,14 +235,20 @@ async fn register_node(agent: &Agent, metrics: SocketAddr) -> anyhow::Result<()>
         },
     });
     if api.get_opt(name).await?.is_none() {
-        let node: Node = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Node", "metadata": metadata}))?;
+        let node: Node = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": metadata}),
+        )?;
         if let Err(e) = api.create(&PostParams::default(), &node).await {
             tracing::debug!(error = %e, "node create raced");
         }
     } else {
-        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"metadata": metadata})))
-            .await
-            .context("cannot update the Node")?;
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": metadata})),
+        )
+        .await
+        .context("cannot update the Node")?;
     }
     api.patch_status(
         name,
@@ -273,7 +290,10 @@ async fn claim(agent: &Agent, pod: &Pod) {
     };
     let api: Api<Pod> = Api::namespaced(agent.client.clone(), ns);
     let patch = json!({"spec": {"nodeName": agent.config.node_name}});
-    if let Err(e) = api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    if let Err(e) = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         tracing::warn!(pod = %name, namespace = %ns, error = %e, "cannot claim pod");
     }
 }
@@ -331,7 +351,12 @@ async fn watch_pods(agent: Arc<Agent>, shutdown: CancellationToken) -> anyhow::R
     Ok(())
 }
 
-async fn handle(agent: &Arc<Agent>, workers: &mut HashMap<String, Worker>, pod: Pod, deleted: bool) {
+async fn handle(
+    agent: &Arc<Agent>,
+    workers: &mut HashMap<String, Worker>,
+    pod: Pod,
+    deleted: bool,
+) {
     let Some(uid) = pod.metadata.uid.clone() else {
         return;
     };

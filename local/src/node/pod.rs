@@ -159,12 +159,18 @@ impl PodContext {
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
         let api = self.agent.config.apiserver;
         let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
             ("HOSTNAME".into(), self.name.clone()),
             ("HOME".into(), "/root".into()),
             ("KUBERNETES_SERVICE_HOST".into(), api.ip().to_string()),
             ("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()),
-            ("KUBERNETES_SERVICE_PORT_HTTPS".into(), api.port().to_string()),
+            (
+                "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+                api.port().to_string(),
+            ),
             ("KUBERNETES_PORT".into(), format!("tcp://{api}")),
         ];
         for (k, v) in resolved {
@@ -179,8 +185,13 @@ impl PodContext {
                 format!("container {:?} has no command", container.name),
             ));
         }
-        let mounts = volumes::mounts(&pod, container, &self.volumes_dir, &self.pod_dir.join("etc"))
-            .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
+        let mounts = volumes::mounts(
+            &pod,
+            container,
+            &self.volumes_dir,
+            &self.pod_dir.join("etc"),
+        )
+        .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
         Ok(Prepared { argv, env, mounts })
     }
 
@@ -213,7 +224,8 @@ impl PodContext {
             .map_err(|e| format!("cannot write {}: {e}", spec_path.display()))?;
         let log = super::logs::log_path(&self.pod_dir, &container.name, restart_count);
         if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -234,12 +246,20 @@ impl PodContext {
         let pid = child.id().ok_or("the container exited at once")?;
         let mut copiers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            copiers.push(tokio::spawn(super::logs::copy(out, "stdout", Arc::clone(&file))));
+            copiers.push(tokio::spawn(super::logs::copy(
+                out,
+                "stdout",
+                Arc::clone(&file),
+            )));
         }
         if let Some(err) = child.stderr.take() {
             copiers.push(tokio::spawn(super::logs::copy(err, "stderr", file)));
         }
-        Ok(Spawned { child, pid, copiers })
+        Ok(Spawned {
+            child,
+            pid,
+            copiers,
+        })
     }
 }
 
@@ -338,9 +358,9 @@ fn requests_map(r: &Resources) -> Option<BTreeMap<String, Quantity>> {
 
 /// The pod's phase from its containers (init containers first).
 fn phase(init: &[Status], app: &[Status], init_done: bool) -> &'static str {
-    let failed_init = init.iter().any(|s| {
-        s.finished && matches!(&s.state, State::Terminated(t) if t.exit_code != 0)
-    });
+    let failed_init = init
+        .iter()
+        .any(|s| s.finished && matches!(&s.state, State::Terminated(t) if t.exit_code != 0));
     if failed_init {
         return "Failed";
     }
@@ -353,9 +373,9 @@ fn phase(init: &[Status], app: &[Status], init_done: bool) -> &'static str {
             .all(|s| matches!(&s.state, State::Terminated(t) if t.exit_code == 0));
         return if all_ok { "Succeeded" } else { "Failed" };
     }
-    let any_ran = app
-        .iter()
-        .any(|s| !matches!(s.state, State::Waiting { .. }) || s.restart_count > 0 || s.last.is_some());
+    let any_ran = app.iter().any(|s| {
+        !matches!(s.state, State::Waiting { .. }) || s.restart_count > 0 || s.last.is_some()
+    });
     if any_ran { "Running" } else { "Pending" }
 }
 
@@ -393,7 +413,11 @@ pub async fn run(agent: Arc<Agent>, updates: watch::Receiver<Update>) {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         allocated
             .entry(c.name.clone())
             .or_insert_with(|| Resources::of_container(c).unwrap_or_default());
@@ -568,7 +592,10 @@ impl Worker {
             shared.clone(),
             rx,
         )));
-        ContainerHandle { shared, commands: tx }
+        ContainerHandle {
+            shared,
+            commands: tx,
+        }
     }
 
     /// A container that ran before an agent restart continues its count (+1: it restarts).
@@ -606,12 +633,14 @@ impl Worker {
             spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
                 audiences: Vec::new(),
                 expiration_seconds: Some(TOKEN_TTL.as_secs() as i64),
-                bound_object_ref: Some(k8s_openapi::api::authentication::v1::BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: Some(self.ctx.name.clone()),
-                    uid: Some(self.ctx.uid.clone()),
-                }),
+                bound_object_ref: Some(
+                    k8s_openapi::api::authentication::v1::BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(self.ctx.name.clone()),
+                        uid: Some(self.ctx.uid.clone()),
+                    },
+                ),
             },
             ..Default::default()
         };
@@ -628,7 +657,8 @@ impl Worker {
     async fn sync_sandbox(&mut self) {
         let etc = self.ctx.pod_dir.join("etc");
         let result = async {
-            std::fs::create_dir_all(&etc).map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
+            std::fs::create_dir_all(&etc)
+                .map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
             std::fs::write(
                 etc.join("resolv.conf"),
                 volumes::resolv_conf(self.ctx.agent.config.cluster_dns, &self.ctx.namespace),
@@ -668,7 +698,11 @@ impl Worker {
                 .flat_map(|p| p.sources.iter().flatten())
                 .any(|s| s.service_account_token.is_some())
         });
-        let token = if needs_token { self.token().await? } else { String::new() };
+        let token = if needs_token {
+            self.token().await?
+        } else {
+            String::new()
+        };
         let source = volumes::TokenSource {
             token: &token,
             ca_pem: &self.ctx.agent.ca_pem,
@@ -727,7 +761,9 @@ impl Worker {
         if qos_now != qos_wanted {
             self.resize.pending = Some((
                 "Infeasible".into(),
-                format!("Pod QoS class may not change as a result of resizing (from {qos_now} to {qos_wanted})"),
+                format!(
+                    "Pod QoS class may not change as a result of resizing (from {qos_now} to {qos_wanted})"
+                ),
             ));
             return;
         }
@@ -836,7 +872,11 @@ impl Worker {
             ContainerStatus {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
-                image_id: self.ctx.agent.images.image_id(c.image.as_deref().unwrap_or("")),
+                image_id: self
+                    .ctx
+                    .agent
+                    .images
+                    .image_id(c.image.as_deref().unwrap_or("")),
                 container_id: match &s.state {
                     State::Running { pid, .. } => Some(format!("cellmesh://{pid}")),
                     State::Terminated(t) => Some(t.container_id.clone()),
@@ -846,9 +886,11 @@ impl Worker {
                 started: Some(s.started && matches!(s.state, State::Running { .. })),
                 restart_count: s.restart_count,
                 state: Some(api_state(&s.state)),
-                last_state: Some(s.last.as_ref().map_or_else(Default::default, |t| ContainerState {
-                    terminated: Some(terminated(t)),
-                    ..Default::default()
+                last_state: Some(s.last.as_ref().map_or_else(Default::default, |t| {
+                    ContainerState {
+                        terminated: Some(terminated(t)),
+                        ..Default::default()
+                    }
                 })),
                 allocated_resources: requests_map(&own),
                 resources: Some(actual.reported(own.requests.memory_bytes)),
@@ -865,14 +907,22 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let s = init.get(i).cloned().unwrap_or_else(|| Status::new(&c.name, 0));
+                let s = init
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| Status::new(&c.name, 0));
                 status_of(&s, c)
             })
             .collect();
         let all_ready = !app.is_empty() && app.iter().all(|s| s.ready);
         let mut conditions = vec![
-            self.conditions
-                .condition("PodReadyToStartContainers", self.sandbox_ready, None, None, generation),
+            self.conditions.condition(
+                "PodReadyToStartContainers",
+                self.sandbox_ready,
+                None,
+                None,
+                generation,
+            ),
             self.conditions.condition(
                 "Initialized",
                 init_done,
@@ -953,7 +1003,11 @@ impl Worker {
         let patch = json!({"status": value});
         match self
             .pod_api()
-            .patch_status(&self.ctx.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &self.ctx.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(_) => self.last_published = Some(value),
@@ -994,7 +1048,10 @@ impl Worker {
     }
 }
 
-fn qos_of(spec: &k8s_openapi::api::core::v1::PodSpec, resources: &HashMap<String, Resources>) -> &'static str {
+fn qos_of(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    resources: &HashMap<String, Resources>,
+) -> &'static str {
     let mut spec = spec.clone();
     for c in &mut spec.containers {
         if let Some(r) = resources.get(&c.name) {
@@ -1067,11 +1124,21 @@ mod tests {
         done.finished = true;
         let mut failed = done.clone();
         failed.state = terminated(1);
-        assert_eq!(phase(&[], &[waiting.clone()], true), "Pending");
-        assert_eq!(phase(&[], &[running.clone(), waiting.clone()], true), "Running");
+        assert_eq!(phase(&[], std::slice::from_ref(&waiting), true), "Pending");
+        assert_eq!(
+            phase(&[], &[running.clone(), waiting.clone()], true),
+            "Running"
+        );
         assert_eq!(phase(&[], &[done.clone()], true), "Succeeded");
         assert_eq!(phase(&[], &[done.clone(), failed.clone()], true), "Failed");
-        assert_eq!(phase(&[failed.clone()], &[waiting.clone()], false), "Failed");
+        assert_eq!(
+            phase(
+                std::slice::from_ref(&failed),
+                std::slice::from_ref(&waiting),
+                false
+            ),
+            "Failed"
+        );
         assert_eq!(phase(&[], &[running], false), "Pending");
         let mut backing_off = waiting;
         backing_off.restart_count = 2;

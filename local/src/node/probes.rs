@@ -47,7 +47,11 @@ pub async fn attempt(probe: &Probe, container: &Container, target: &Target) -> R
                 .and_then(|h| h.parse().ok())
                 .unwrap_or(target.pod_ip);
             let path = http.path.as_deref().unwrap_or("/");
-            if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")) {
+            if http
+                .scheme
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("https"))
+            {
                 return Err("HTTPS probes are not supported by cellmesh-local".to_owned());
             }
             let mut stream = tokio::net::TcpStream::connect((host, port))
@@ -60,7 +64,10 @@ pub async fn attempt(probe: &Probe, container: &Container, target: &Target) -> R
                 request.push_str(&format!("{}: {}\r\n", h.name, h.value));
             }
             request.push_str("\r\n");
-            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             let mut head = vec![0u8; 64];
             let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
             let line = String::from_utf8_lossy(&head[..n]);
@@ -92,7 +99,11 @@ pub async fn attempt(probe: &Probe, container: &Container, target: &Target) -> R
                 // Run inside the container's mount namespace, where its volumes are.
                 Some(pid) => {
                     let mut c = tokio::process::Command::new("nsenter");
-                    c.arg("-t").arg(pid.to_string()).arg("-m").arg("--").arg(program);
+                    c.arg("-t")
+                        .arg(pid.to_string())
+                        .arg("-m")
+                        .arg("--")
+                        .arg(program);
                     c
                 }
                 None => tokio::process::Command::new(program),
@@ -104,7 +115,10 @@ pub async fn attempt(probe: &Probe, container: &Container, target: &Target) -> R
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true);
-            let status = cmd.status().await.map_err(|e| format!("cannot run {program:?}: {e}"))?;
+            let status = cmd
+                .status()
+                .await
+                .map_err(|e| format!("cannot run {program:?}: {e}"))?;
             if status.success() {
                 Ok(())
             } else {
@@ -169,7 +183,11 @@ fn initial_delay(p: &Probe) -> Duration {
 }
 
 /// Runs the container's probes until one says it must be restarted; returns why.
-pub async fn run(container: Container, target: Target, report: std::sync::Arc<dyn Report>) -> String {
+pub async fn run(
+    container: Container,
+    target: Target,
+    report: std::sync::Arc<dyn Report>,
+) -> String {
     if let Some(startup) = &container.startup_probe {
         tokio::time::sleep(initial_delay(startup)).await;
         let mut tracker = Tracker::new(startup);
@@ -178,10 +196,7 @@ pub async fn run(container: Container, target: Target, report: std::sync::Arc<dy
             match tracker.record(result.is_ok()) {
                 Some(true) => break,
                 Some(false) => {
-                    return format!(
-                        "Startup probe failed: {}",
-                        result.err().unwrap_or_default()
-                    );
+                    return format!("Startup probe failed: {}", result.err().unwrap_or_default());
                 }
                 None => tokio::time::sleep(period(startup)).await,
             }

@@ -173,7 +173,7 @@ impl CgroupLimits {
 
 /// `1500m` → `1500m`, `1000` millis → `1`.
 pub fn format_millis(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
@@ -190,9 +190,9 @@ pub fn qos_class(spec: &PodSpec) -> Result<&'static str, String> {
     {
         all.push(Resources::of_container(c)?);
     }
-    let best_effort = all.iter().all(|r| {
-        r.requests == Amounts::default() && r.limits == Amounts::default()
-    });
+    let best_effort = all
+        .iter()
+        .all(|r| r.requests == Amounts::default() && r.limits == Amounts::default());
     if best_effort {
         return Ok("BestEffort");
     }
@@ -202,7 +202,11 @@ pub fn qos_class(spec: &PodSpec) -> Result<&'static str, String> {
             && r.requests.cpu_millis == r.limits.cpu_millis
             && r.requests.memory_bytes == r.limits.memory_bytes
     });
-    Ok(if guaranteed { "Guaranteed" } else { "Burstable" })
+    Ok(if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    })
 }
 
 /// The node's allocatable CPU (millicores) and memory (bytes).
@@ -214,11 +218,7 @@ pub struct Allocatable {
 
 /// Whether the pods' requests, with `candidate`'s containers at `wanted`, fit the node:
 /// `Err(message)` names the resource that does not fit, as the kubelet's admission says.
-pub fn fits(
-    node: Allocatable,
-    others: &[Resources],
-    wanted: &[Resources],
-) -> Result<(), String> {
+pub fn fits(node: Allocatable, others: &[Resources], wanted: &[Resources]) -> Result<(), String> {
     let sum = |f: fn(&Resources) -> Option<u64>| -> u64 {
         others.iter().chain(wanted).filter_map(f).sum()
     };
@@ -290,8 +290,11 @@ mod tests {
 
     #[test]
     fn limits_translate_to_cgroup_values() {
-        let r = Resources::of(Some(&res(&[("cpu", "250m")], &[("cpu", "500m"), ("memory", "64Mi")])))
-            .unwrap();
+        let r = Resources::of(Some(&res(
+            &[("cpu", "250m")],
+            &[("cpu", "500m"), ("memory", "64Mi")],
+        )))
+        .unwrap();
         let l = r.cgroup_limits();
         assert_eq!(l.cpu_quota_us, Some(50_000));
         assert_eq!(l.cpu_period_us, 100_000);
@@ -301,7 +304,11 @@ mod tests {
         // Tiny limits are clamped to the kernel's minimum; no request → minimum shares.
         let tiny = Resources::of(Some(&res(&[], &[("cpu", "1m")]))).unwrap();
         assert_eq!(tiny.cgroup_limits().cpu_quota_us, Some(1000));
-        assert_eq!(tiny.requests.cpu_millis, Some(1), "request defaults to the limit");
+        assert_eq!(
+            tiny.requests.cpu_millis,
+            Some(1),
+            "request defaults to the limit"
+        );
         let none = Resources::of(None).unwrap().cgroup_limits();
         assert_eq!(none.cpu_quota_us, None);
         assert_eq!(none.cpu_shares, 2);

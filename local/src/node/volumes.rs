@@ -54,7 +54,11 @@ pub fn references(pod: &Pod) -> (Vec<String>, Vec<String>) {
     let Some(spec) = &pod.spec else {
         return (cms, secrets);
     };
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
         for from in c.env_from.iter().flatten() {
             cms.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
             secrets.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
@@ -99,7 +103,12 @@ pub async fn fetch(client: &kube::Client, pod: &Pod) -> Result<Fetched, String> 
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+            data.extend(
+                cm.binary_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
             data
         });
         out.config_maps.insert(name, data);
@@ -385,8 +394,13 @@ pub fn sync(
     for volume in effective_volumes(pod) {
         let dir = host_dir(volumes_root, &volume);
         if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("volume {:?}: cannot create {}: {e}", volume.name, dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!(
+                    "volume {:?}: cannot create {}: {e}",
+                    volume.name,
+                    dir.display()
+                )
+            })?;
             continue;
         }
         if volume.host_path.is_some() {
@@ -457,21 +471,35 @@ mod tests {
         };
         let changed = sync(&pod, root.path(), &fetched, &token).unwrap();
         assert_eq!(changed, ["cfg", AUTO_SA_VOLUME]);
-        assert_eq!(std::fs::read_to_string(root.path().join("cfg/a")).unwrap(), "1");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("cfg/a")).unwrap(),
+            "1"
+        );
         assert!(!root.path().join("cfg/b").exists(), "items select keys");
         assert!(root.path().join("scratch").is_dir());
         let sa = root.path().join(AUTO_SA_VOLUME);
         assert_eq!(std::fs::read_to_string(sa.join("token")).unwrap(), "tok");
         assert_eq!(std::fs::read_to_string(sa.join("ca.crt")).unwrap(), "CA");
         assert_eq!(std::fs::read_to_string(sa.join("namespace")).unwrap(), "ns");
-        assert!(sync(&pod, root.path(), &fetched, &token).unwrap().is_empty());
+        assert!(
+            sync(&pod, root.path(), &fetched, &token)
+                .unwrap()
+                .is_empty()
+        );
 
         let container = &pod.spec.as_ref().unwrap().containers[0];
         let m = mounts(&pod, container, root.path(), Path::new("/etcdir")).unwrap();
         let targets: Vec<_> = m.iter().map(|b| b.target.to_str().unwrap()).collect();
         assert_eq!(
             targets,
-            ["/etc/cfg", "/scratch", "/etc/one", SA_MOUNT_PATH, "/etc/resolv.conf", "/etc/hosts"]
+            [
+                "/etc/cfg",
+                "/scratch",
+                "/etc/one",
+                SA_MOUNT_PATH,
+                "/etc/resolv.conf",
+                "/etc/hosts"
+            ]
         );
         assert!(m[0].read_only && !m[1].read_only);
         assert_eq!(m[2].source, root.path().join("cfg/a"));
@@ -486,7 +514,14 @@ mod tests {
     fn opting_out_of_the_token() {
         let mut pod = pod();
         pod.spec.as_mut().unwrap().automount_service_account_token = Some(false);
-        assert!(!effective_volumes(&pod).iter().any(|v| v.name == AUTO_SA_VOLUME));
-        assert!(resolv_conf("127.53.0.10".parse().unwrap(), "ns").contains("search ns.svc.cluster.local"));
+        assert!(
+            !effective_volumes(&pod)
+                .iter()
+                .any(|v| v.name == AUTO_SA_VOLUME)
+        );
+        assert!(
+            resolv_conf("127.53.0.10".parse().unwrap(), "ns")
+                .contains("search ns.svc.cluster.local")
+        );
     }
 }
