@@ -144,6 +144,15 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The agent is SIGKILLed by the harness: clean its cgroups like a restart would.
+        self.server.stop();
+        cellmesh_local::node::cgroup::detect("/sys/fs/cgroup".as_ref(), &self.cgroup_parent)
+            .sweep(true);
+    }
+}
+
 fn condition(pod: &Value, type_: &str) -> Option<String> {
     pod["status"]["conditions"]
         .as_array()?

@@ -47,6 +47,39 @@ pub trait Cgroups: Send + Sync {
     /// The `cgroup.procs` file listing the container's processes (None when unenforced).
     fn procs_file(&self, id: &str) -> Option<PathBuf>;
 
+    /// Kills and removes every container cgroup under the parent (leftovers of an agent
+    /// that died); with `remove_parent`, the parent directory too.
+    fn sweep(&self, remove_parent: bool) {
+        for parent in self.parent_dirs() {
+            let pods = fs::read_dir(&parent).into_iter().flatten().flatten();
+            for pod in pods.filter(|e| e.path().is_dir()) {
+                let containers = fs::read_dir(pod.path()).into_iter().flatten().flatten();
+                for container in containers.filter(|e| e.path().is_dir()) {
+                    let id = format!(
+                        "{}/{}",
+                        pod.file_name().to_string_lossy(),
+                        container.file_name().to_string_lossy()
+                    );
+                    self.kill_all(&id);
+                    // Killed processes leave the cgroup asynchronously.
+                    for _ in 0..20 {
+                        if fs::remove_dir(container.path()).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                }
+                let _ = fs::remove_dir(pod.path());
+            }
+            if remove_parent {
+                let _ = fs::remove_dir(&parent);
+            }
+        }
+    }
+
+    /// The parent directories (one per hierarchy).
+    fn parent_dirs(&self) -> Vec<PathBuf>;
+
     /// SIGKILLs every process left in the cgroup (a container's children die with it).
     fn kill_all(&self, id: &str) {
         let Some(path) = self.procs_file(id) else {
@@ -203,6 +236,12 @@ impl Cgroups for V1 {
     fn procs_file(&self, id: &str) -> Option<PathBuf> {
         Some(self.dir("memory", id).join("cgroup.procs"))
     }
+    fn parent_dirs(&self) -> Vec<PathBuf> {
+        ["cpu", "cpuacct", "memory"]
+            .iter()
+            .map(|c| self.root.join(c).join(&self.parent))
+            .collect()
+    }
 }
 
 /// cgroup v2: one hierarchy; controllers enabled down the path via `cgroup.subtree_control`.
@@ -314,6 +353,9 @@ impl Cgroups for V2 {
     fn procs_file(&self, id: &str) -> Option<PathBuf> {
         Some(self.dir(id).join("cgroup.procs"))
     }
+    fn parent_dirs(&self) -> Vec<PathBuf> {
+        vec![self.root.join(&self.parent)]
+    }
 }
 
 /// No writable cgroups: limits are remembered (so status and resize still behave) but not
@@ -357,6 +399,9 @@ impl Cgroups for Unenforced {
     }
     fn procs_file(&self, _id: &str) -> Option<PathBuf> {
         None
+    }
+    fn parent_dirs(&self) -> Vec<PathBuf> {
+        Vec::new()
     }
 }
 

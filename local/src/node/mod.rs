@@ -140,6 +140,8 @@ pub async fn run(
             "not running as root: containers share the host's mount namespace, so volumes are not visible at their mountPath"
         );
     }
+    // Containers of an agent that died are gone (PR_SET_PDEATHSIG); their cgroups are not.
+    cgroups.sweep(false);
     let ca_pem = std::fs::read_to_string(config.state_dir.join("ca.crt")).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let agent = Arc::new(Agent {
@@ -172,7 +174,9 @@ pub async fn run(
     register_node(&agent, metrics_addr).await?;
     tokio::spawn(heartbeat(Arc::clone(&agent), metrics_addr));
     tracing::info!(node = %agent.config.node_name, cgroups = agent.cgroups.version(), metrics = %metrics_addr, "node agent running");
-    watch_pods(agent, shutdown).await
+    let result = watch_pods(Arc::clone(&agent), shutdown).await;
+    agent.cgroups.sweep(true);
+    result
 }
 
 fn node_status(agent: &Agent, port: u16) -> serde_json::Value {
