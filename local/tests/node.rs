@@ -48,6 +48,10 @@ fn random_octet(lo: u8, hi: u8) -> u8 {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let cgroup_parent = format!(
             "cellmesh-test-{}-{}",
             std::process::id(),
@@ -71,6 +75,7 @@ impl Cluster {
             "32s",
         ]
         .iter()
+        .chain(extra)
         .map(|s| (*s).to_owned())
         .collect();
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -598,5 +603,57 @@ spec:
     assert_eq!(
         cluster.server.kubectl(&["logs", "crash", "--previous"]),
         "attempt\n"
+    );
+}
+
+/// Without writable cgroups pods still run, and the Node says limits are not enforced.
+#[test]
+fn without_cgroups_the_node_says_limits_are_not_enforced() {
+    require_root!();
+    let empty = tempfile::tempdir().unwrap();
+    let root = empty.path().to_str().unwrap();
+    let cluster = Cluster::start_with(&["--cgroup-root", root]);
+    let node: Value = serde_json::from_str(&cluster.server.kubectl(&[
+        "get",
+        "node",
+        "cellmesh-local",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        node["metadata"]["annotations"]["cellmesh.io/cgroups"],
+        "none"
+    );
+    let enforced = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "CgroupLimitsEnforced")
+        .unwrap();
+    assert_eq!(enforced["status"], "False", "{enforced}");
+    assert_eq!(node["status"]["allocatable"]["pods"], "110");
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: free}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "sleep 1000"]
+    resources: {limits: {cpu: 100m}}
+"#,
+    );
+    let pod = cluster.wait_ready("free");
+    assert_eq!(
+        container_status(&pod)["resources"]["limits"]["cpu"],
+        "100m",
+        "limits are still reported"
+    );
+    assert!(
+        std::fs::read_dir(empty.path()).unwrap().next().is_none(),
+        "nothing written under a cgroup root that is not one"
     );
 }

@@ -497,6 +497,20 @@ mod tests {
     }
 
     #[test]
+    fn sweep_removes_leftover_container_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuacct", "memory"] {
+            fs::create_dir_all(root.path().join(c).join("cm/pod1/app")).unwrap();
+        }
+        let cg = V1::new(root.path(), "cm");
+        cg.sweep(false);
+        assert!(!root.path().join("cpu/cm/pod1").exists());
+        assert!(root.path().join("cpu/cm").exists());
+        cg.sweep(true);
+        assert!(!root.path().join("memory/cm").exists());
+    }
+
+    #[test]
     fn v1_writes_each_controller_in_a_fake_tree() {
         let root = tempfile::tempdir().unwrap();
         let cg = V1::new(root.path(), "cm");
