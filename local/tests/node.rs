@@ -657,3 +657,69 @@ spec:
         "nothing written under a cgroup root that is not one"
     );
 }
+
+/// A failing readiness probe keeps the pod unready while it runs; a failing liveness probe
+/// (exec, run inside the container's mount namespace) restarts the container.
+#[test]
+fn probes_gate_readiness_and_restart_on_liveness_failure() {
+    require_root!();
+    let cluster = Cluster::start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unready}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "sleep 1000"]
+    readinessProbe:
+      exec: {command: ["test", "-f", "/state/ready"]}
+      periodSeconds: 1
+    volumeMounts: [{name: state, mountPath: /state}]
+  volumes: [{name: state, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: flaky}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "touch /state/alive; sleep 2; rm /state/alive; sleep 1000"]
+    livenessProbe:
+      exec: {command: ["test", "-f", "/state/alive"]}
+      periodSeconds: 1
+      failureThreshold: 2
+    volumeMounts: [{name: state, mountPath: /state}]
+  volumes: [{name: state, emptyDir: {}}]
+"#,
+    );
+    let flaky = cluster.wait_pod("flaky", "liveness restart", |p| {
+        container_status(p)["restartCount"].as_i64() >= Some(1)
+    });
+    let last = &container_status(&flaky)["lastState"]["terminated"];
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Liveness probe failed")),
+        "{last}"
+    );
+    let unready = cluster.pod("unready");
+    assert_eq!(unready["status"]["phase"], "Running");
+    assert!(container_status(&unready)["state"]["running"].is_object());
+    assert_eq!(condition(&unready, "Ready").as_deref(), Some("False"));
+    assert_eq!(container_status(&unready)["ready"], false);
+    assert_eq!(container_status(&unready)["started"], true);
+    // Once the probe passes, the pod becomes Ready.
+    let volume = cluster
+        .server
+        .state
+        .path()
+        .join("volumes")
+        .join(unready["metadata"]["uid"].as_str().unwrap())
+        .join("state");
+    std::fs::write(volume.join("ready"), "").unwrap();
+    cluster.wait_ready("unready");
+}
