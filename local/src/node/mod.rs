@@ -93,6 +93,8 @@ pub struct Agent {
     pub ca_pem: String,
     pub shutdown: CancellationToken,
     pub metrics: metrics::Sampler,
+    /// When the agent started (the Node conditions' transition time).
+    pub started: jiff::Timestamp,
 }
 
 impl Agent {
@@ -158,6 +160,7 @@ pub async fn run(
         client: client.clone(),
         shutdown: shutdown.clone(),
         metrics: metrics::Sampler::default(),
+        started: jiff::Timestamp::now(),
         config,
     });
     let listener = tokio::net::TcpListener::bind(agent.config.metrics_addr)
@@ -183,9 +186,11 @@ fn node_status(agent: &Agent, port: u16) -> serde_json::Value {
     let a = agent.allocatable;
     let enforced = agent.cgroups.version() != "none";
     let now = jiff::Timestamp::now().to_string();
+    // Conditions do not change while the agent runs: they transitioned when it started.
+    let started = agent.started.to_string();
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({"type": type_, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": now, "lastTransitionTime": now})
+               "lastHeartbeatTime": now, "lastTransitionTime": started})
     };
     let resources = json!({
         "cpu": resources::format_millis(a.cpu_millis),
