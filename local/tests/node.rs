@@ -723,3 +723,73 @@ spec:
     std::fs::write(volume.join("ready"), "").unwrap();
     cluster.wait_ready("unready");
 }
+
+/// `resizePolicy: RestartContainer` for memory: a memory resize restarts the container
+/// with the new limit (restartCount + 1), while a CPU resize of the same pod does not.
+#[test]
+fn resize_with_restart_container_policy_restarts() {
+    require_root!();
+    let cluster = Cluster::start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: rs}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "sleep 1000"]
+    resizePolicy:
+    - {resourceName: cpu, restartPolicy: NotRequired}
+    - {resourceName: memory, restartPolicy: RestartContainer}
+    resources:
+      requests: {cpu: 100m, memory: 32Mi}
+      limits: {cpu: 200m, memory: 64Mi}
+"#,
+    );
+    let pod = cluster.wait_ready("rs");
+    let pid = pid_of(&pod);
+    let memory = cluster.cgroup_file("memory", &pod, "c", "memory.limit_in_bytes");
+    assert_eq!(
+        std::fs::read_to_string(&memory).unwrap().trim(),
+        (64u64 << 20).to_string()
+    );
+    cluster.server.kubectl(&[
+        "patch",
+        "pod",
+        "rs",
+        "--subresource",
+        "resize",
+        "-p",
+        r#"{"spec":{"containers":[{"name":"c","resources":{"limits":{"cpu":"300m"}}}]}}"#,
+    ]);
+    let pod = cluster.wait_pod("rs", "cpu resized", |p| {
+        container_status(p)["resources"]["limits"]["cpu"] == "300m"
+    });
+    assert_eq!(pid_of(&pod), pid, "cpu: NotRequired");
+    assert_eq!(container_status(&pod)["restartCount"], 0);
+    cluster.server.kubectl(&[
+        "patch",
+        "pod",
+        "rs",
+        "--subresource",
+        "resize",
+        "-p",
+        r#"{"spec":{"containers":[{"name":"c","resources":{"limits":{"memory":"128Mi"}}}]}}"#,
+    ]);
+    let pod = cluster.wait_pod("rs", "memory resize restarts", |p| {
+        container_status(p)["restartCount"] == 1 && condition(p, "Ready").as_deref() == Some("True")
+    });
+    assert_ne!(pid_of(&pod), pid);
+    assert_eq!(
+        std::fs::read_to_string(&memory).unwrap().trim(),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(
+        container_status(&pod)["resources"]["limits"]["memory"],
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(condition(&pod, "PodResizeInProgress"), None);
+}
