@@ -633,6 +633,16 @@ fn without_cgroups_the_node_says_limits_are_not_enforced() {
         .unwrap();
     assert_eq!(enforced["status"], "False", "{enforced}");
     assert_eq!(node["status"]["allocatable"]["pods"], "110");
+    let lease = cluster.server.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-node-lease",
+        "cellmesh-local",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(lease, "cellmesh-local");
     cluster.apply(
         r#"
 apiVersion: v1

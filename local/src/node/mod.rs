@@ -175,6 +175,9 @@ pub async fn run(
     tokio::spawn(metrics::serve(listener, Arc::clone(&agent)));
     tokio::spawn(metrics::sample_loop(Arc::clone(&agent)));
     register_node(&agent, metrics_addr).await?;
+    if let Err(e) = renew_lease(&agent).await {
+        tracing::debug!(error = %e, "node lease creation failed");
+    }
     tokio::spawn(heartbeat(Arc::clone(&agent), metrics_addr));
     tracing::info!(node = %agent.config.node_name, cgroups = agent.cgroups.version(), metrics = %metrics_addr, "node agent running");
     let result = watch_pods(Arc::clone(&agent), shutdown).await;
@@ -281,7 +284,33 @@ async fn heartbeat(agent: Arc<Agent>, metrics: SocketAddr) {
         if let Err(e) = register_node(&agent, metrics).await {
             tracing::warn!(error = %e, "node heartbeat failed");
         }
+        if let Err(e) = renew_lease(&agent).await {
+            tracing::debug!(error = %e, "node lease renewal failed");
+        }
     }
+}
+
+/// The node's Lease in `kube-node-lease`, renewed with every heartbeat as the kubelet does.
+async fn renew_lease(agent: &Agent) -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api: Api<Lease> = Api::namespaced(agent.client.clone(), "kube-node-lease");
+    let name = &agent.config.node_name;
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string();
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now},
+    });
+    if api.get_opt(name).await?.is_none() {
+        api.create(&PostParams::default(), &serde_json::from_value(lease)?)
+            .await?;
+    } else {
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&lease))
+            .await?;
+    }
+    Ok(())
 }
 
 fn node_of(pod: &Pod) -> &str {
