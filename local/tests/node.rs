@@ -604,6 +604,16 @@ spec:
         cluster.server.kubectl(&["logs", "crash", "--previous"]),
         "attempt\n"
     );
+    let events = cluster.server.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
+    assert!(events.lines().any(|r| r == "Started"), "{events}");
+    assert!(events.lines().any(|r| r == "BackOff"), "{events}");
 }
 
 /// Without writable cgroups pods still run, and the Node says limits are not enforced.

@@ -211,6 +211,11 @@ pub async fn run(
         let prepared = match ctx.prepare(&container).await {
             Ok(p) => p,
             Err((reason, message)) => {
+                let repeated =
+                    matches!(&shared.get().state, State::Waiting { reason: r, .. } if *r == reason);
+                if !repeated {
+                    ctx.event(true, "Failed", message.clone(), Some(&container.name));
+                }
                 shared.update(|s| {
                     s.state = State::Waiting {
                         reason: reason.clone(),
@@ -248,6 +253,12 @@ pub async fn run(
             }
         };
         let pid = spawned.pid;
+        ctx.event(
+            false,
+            "Started",
+            format!("Started container {}", container.name),
+            Some(&container.name),
+        );
         let started_at = jiff::Timestamp::now();
         let began = Instant::now();
         let oom_before = ctx
@@ -276,6 +287,13 @@ pub async fn run(
             why = &mut prober => {
                 let why = why.unwrap_or_default();
                 tracing::info!(pod = %ctx.key, container = %container.name, %why, "restarting container");
+                ctx.event(true, "Unhealthy", why.clone(), Some(&container.name));
+                ctx.event(
+                    false,
+                    "Killing",
+                    format!("Container {} failed a probe, will be restarted", container.name),
+                    Some(&container.name),
+                );
                 let grace = ctx.grace_period();
                 let status = terminate(&mut spawned.child, pid, grace).await;
                 Ended::Killed { status, reason: Some(why), count_as_failure: true }
@@ -354,6 +372,15 @@ pub async fn run(
             Duration::ZERO
         };
         if !delay.is_zero() {
+            ctx.event(
+                true,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    container.name, ctx.key
+                ),
+                Some(&container.name),
+            );
             let message = format!(
                 "back-off {} restarting failed container={} pod={}",
                 humanize(delay),

@@ -80,6 +80,45 @@ impl PodContext {
         }
     }
 
+    /// Records a core/v1 Event about the pod (or one of its containers), as the kubelet
+    /// does, so `kubectl describe pod` and `kubectl events` show what happened.
+    pub fn event(&self, warning: bool, reason: &str, message: String, container: Option<&str>) {
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.agent.client.clone(), &self.namespace);
+        let now = jiff::Timestamp::now();
+        let node = &self.agent.config.node_name;
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {
+                "name": format!("{}.{:x}", self.name, now.as_nanosecond()),
+                "namespace": self.namespace,
+            },
+            "involvedObject": {
+                "apiVersion": "v1", "kind": "Pod", "namespace": self.namespace,
+                "name": self.name, "uid": self.uid,
+                "fieldPath": container.map(|c| format!("spec.containers{{{c}}}")),
+            },
+            "reason": reason,
+            "message": message,
+            "type": if warning { "Warning" } else { "Normal" },
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+            "firstTimestamp": now.to_string(),
+            "lastTimestamp": now.to_string(),
+            "count": 1,
+        });
+        let key = self.key.clone();
+        tokio::spawn(async move {
+            let Ok(event) = serde_json::from_value(event) else {
+                return;
+            };
+            if let Err(e) = api.create(&Default::default(), &event).await {
+                tracing::debug!(pod = %key, error = %e, "cannot record event");
+            }
+        });
+    }
+
     pub fn pod(&self) -> Arc<Pod> {
         Arc::clone(&self.pod.borrow().pod)
     }
@@ -818,6 +857,12 @@ impl Worker {
             Some(errors.join("; "))
         };
         tracing::info!(pod = %self.ctx.key, containers = ?changed, generation, "resized");
+        self.ctx.event(
+            false,
+            "ResizeCompleted",
+            format!("Pod resize completed: {}", changed.join(", ")),
+            None,
+        );
     }
 
     fn build_status(&mut self, init_done_upto: usize) -> PodStatus {
@@ -1029,6 +1074,17 @@ impl Worker {
     async fn terminate(&mut self, object_exists: bool) {
         let grace = self.ctx.grace_period();
         tracing::info!(pod = %self.ctx.key, grace_seconds = grace.as_secs(), "stopping pod");
+        for h in &self.app {
+            let name = h.shared.get().name;
+            if h.shared.get().pid().is_some() {
+                self.ctx.event(
+                    false,
+                    "Killing",
+                    format!("Stopping container {name}"),
+                    Some(&name),
+                );
+            }
+        }
         self.stop_all(grace).await;
         if !object_exists {
             return;
