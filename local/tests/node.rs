@@ -813,3 +813,68 @@ spec:
     );
     assert_eq!(condition(&pod, "PodResizeInProgress"), None);
 }
+
+/// A resize that fits the node but not next to the other pods is `Deferred`, and applied
+/// once room frees up.
+#[test]
+fn deferred_resize_is_applied_when_room_frees_up() {
+    require_root!();
+    let cluster = Cluster::start();
+    let pod = |name: &str, cpu: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "sleep 1000"]
+    resources: {{requests: {{cpu: {cpu}}}, limits: {{cpu: {cpu}}}}}
+"#
+        )
+    };
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    // `big` takes all but 300m of the node; `small` (100m) then asks for 500m.
+    cluster.apply(&pod("big", &format!("{}m", cpus * 1000 - 300)));
+    cluster.apply(&pod("small", "100m"));
+    cluster.wait_ready("big");
+    cluster.wait_ready("small");
+    cluster.server.kubectl(&[
+        "patch", "pod", "small", "--subresource", "resize", "-p",
+        r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"500m"},"limits":{"cpu":"500m"}}}]}}"#,
+    ]);
+    let small = cluster.wait_pod("small", "Deferred", |p| {
+        condition(p, "PodResizePending").is_some()
+    });
+    let pending = small["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PodResizePending")
+        .unwrap();
+    assert_eq!(pending["reason"], "Deferred", "{pending}");
+    assert_eq!(
+        pending["observedGeneration"],
+        small["metadata"]["generation"]
+    );
+    assert_eq!(
+        container_status(&small)["allocatedResources"]["cpu"],
+        "100m"
+    );
+    cluster
+        .server
+        .kubectl(&["delete", "pod", "big", "--wait=true", "--timeout=30s"]);
+    let small = cluster.wait_pod("small", "deferred resize applied", |p| {
+        container_status(p)["resources"]["limits"]["cpu"] == "500m"
+    });
+    assert_eq!(condition(&small, "PodResizePending"), None);
+    assert_eq!(
+        container_status(&small)["allocatedResources"]["cpu"],
+        "500m"
+    );
+    let quota = cluster.cgroup_file("cpu", &small, "c", "cpu.cfs_quota_us");
+    assert_eq!(std::fs::read_to_string(quota).unwrap().trim(), "50000");
+}
