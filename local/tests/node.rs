@@ -878,3 +878,47 @@ spec:
     let quota = cluster.cgroup_file("cpu", &small, "c", "cpu.cfs_quota_us");
     assert_eq!(std::fs::read_to_string(quota).unwrap().trim(), "50000");
 }
+
+/// Init containers run to completion, in order, before the app containers start.
+#[test]
+fn init_containers_run_first() {
+    require_root!();
+    let cluster = Cluster::start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: staged}
+spec:
+  initContainers:
+  - {name: one, image: busybox, command: ["sh", "-c", "echo one >> /work/order; sleep 1"],
+     volumeMounts: [{name: w, mountPath: /work}]}
+  - {name: two, image: busybox, command: ["sh", "-c", "echo two >> /work/order"],
+     volumeMounts: [{name: w, mountPath: /work}]}
+  containers:
+  - {name: main, image: busybox, command: ["sh", "-c", "cat /work/order; sleep 1000"],
+     volumeMounts: [{name: w, mountPath: /work}]}
+  volumes: [{name: w, emptyDir: {}}]
+"#,
+    );
+    let pending = cluster.wait_pod("staged", "first init container running", |p| {
+        p["status"]["initContainerStatuses"][0]["state"]["running"].is_object()
+    });
+    assert_eq!(pending["status"]["phase"], "Pending");
+    assert_eq!(condition(&pending, "Initialized").as_deref(), Some("False"));
+    assert_eq!(
+        container_status(&pending)["state"]["waiting"]["reason"],
+        "PodInitializing"
+    );
+    let pod = cluster.wait_ready("staged");
+    assert_eq!(condition(&pod, "Initialized").as_deref(), Some("True"));
+    for i in 0..2 {
+        let state = &pod["status"]["initContainerStatuses"][i]["state"]["terminated"];
+        assert_eq!(state["reason"], "Completed", "{state}");
+    }
+    let logs = eventually("main's output", Duration::from_secs(10), || {
+        let text = cluster.server.kubectl(&["logs", "staged", "-c", "main"]);
+        (!text.is_empty()).then_some(text)
+    });
+    assert_eq!(logs, "one\ntwo\n");
+}

@@ -500,6 +500,7 @@ pub async fn run(agent: Arc<Agent>, updates: watch::Receiver<Update>) {
         app: Vec::new(),
         tasks: Vec::new(),
         terminal,
+        init_done_upto: 0,
     };
     worker.run().await;
     if let Ok(mut pods) = agent.pods.lock() {
@@ -532,6 +533,8 @@ struct Worker {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The pod already finished before this agent saw it: run nothing.
     terminal: bool,
+    /// How many init containers completed successfully.
+    init_done_upto: usize,
 }
 
 /// How often volumes are re-synced and deferred resizes retried.
@@ -590,7 +593,8 @@ impl Worker {
                     }
                 }
             }
-            self.publish(next_init).await;
+            self.init_done_upto = next_init;
+            self.publish().await;
             tokio::select! {
                 changed = self.updates.changed() => {
                     if changed.is_err() {
@@ -828,7 +832,7 @@ impl Worker {
         }
         self.ctx.save_allocation();
         self.resize.in_progress = Some(String::new());
-        self.publish(usize::MAX).await;
+        self.publish().await;
         let mut errors = Vec::new();
         for c in spec.containers.iter().filter(|c| changed.contains(&c.name)) {
             let before = allocated.get(&c.name).copied().unwrap_or_default();
@@ -1032,13 +1036,8 @@ impl Worker {
         }
     }
 
-    async fn publish(&mut self, init_done_upto: usize) {
-        let init_done_upto = if init_done_upto == usize::MAX {
-            self.init.len()
-        } else {
-            init_done_upto
-        };
-        let status = self.build_status(init_done_upto);
+    async fn publish(&mut self) {
+        let status = self.build_status(self.init_done_upto);
         let Ok(value) = serde_json::to_value(&status) else {
             return;
         };
@@ -1089,7 +1088,7 @@ impl Worker {
         if !object_exists {
             return;
         }
-        self.publish(self.init.len()).await;
+        self.publish().await;
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
