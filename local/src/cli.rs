@@ -1,11 +1,13 @@
 //! Command-line interface of `cellmesh-local`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::{apiserver, controllers};
 
@@ -26,7 +28,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Kubernetes-compatible API server (HTTPS, bearer tokens, durable storage).
-    Apiserver(ApiserverArgs),
+    Apiserver(Box<ApiserverArgs>),
+    /// Internal: the trampoline every container of the node agent starts through (joins
+    /// the container's cgroups, mounts its volumes in a private mount namespace, then
+    /// execs the container's command).
+    #[command(hide = true)]
+    ContainerInit {
+        /// The JSON spec the node agent wrote.
+        #[arg(long)]
+        spec: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -51,6 +62,44 @@ struct ApiserverArgs {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `cellmesh_local=debug`.
     #[arg(long, default_value = "info", env = "CELLMESH_LOG")]
     log: String,
+    /// Also run the node agent (runs pods as local processes).
+    #[arg(long)]
+    node: bool,
+    #[command(flatten)]
+    node_args: NodeArgs,
+}
+
+/// Options of the node agent (used with `--node`).
+#[derive(Args)]
+#[command(next_help_heading = "Node agent (with --node)")]
+struct NodeArgs {
+    /// Pod IPs are allocated from this loopback range, one per pod.
+    #[arg(long, default_value = "127.64.0.0/16")]
+    pod_cidr: crate::node::ipam::Cidr,
+    /// The DNS server written into each pod's /etc/resolv.conf.
+    #[arg(long, default_value = "127.53.0.10")]
+    cluster_dns: std::net::IpAddr,
+    /// Map an image to a local binary: `pattern=path` (pattern may end in `*`; path `host`
+    /// runs the command from the host). Repeatable; overrides the built-in map
+    /// (ghcr.io/cellmesh/cell:* → cellmesh-cell, ghcr.io/cellmesh/operator:* →
+    /// cellmesh-operator, busybox* → host).
+    #[arg(long = "image-map", value_name = "IMAGE=PATH")]
+    image_map: Vec<String>,
+    /// Root of the cgroup hierarchies.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// Directory under each cgroup hierarchy for the containers' cgroups.
+    #[arg(long, default_value = "cellmesh")]
+    cgroup_parent: String,
+    /// Address of the node's HTTP metrics endpoint (/metrics/cadvisor, /metrics/resource).
+    #[arg(long, default_value = "127.0.0.1:10250")]
+    node_metrics_addr: SocketAddr,
+    /// First CrashLoopBackOff delay (doubles per crash).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    crash_backoff: Duration,
+    /// Longest CrashLoopBackOff delay.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    crash_backoff_max: Duration,
 }
 
 /// Parses `500ms`, `30s`, `5m` or a plain number of seconds.
@@ -74,7 +123,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Apiserver(args) => run_apiserver(args),
+        Command::Apiserver(args) => run_apiserver(*args),
+        Command::ContainerInit { spec } => crate::node::init::main(&spec),
     }
 }
 
@@ -92,19 +142,51 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let selected = args.controllers.clone();
-    let state_dir = args.state_dir.clone();
-    let components = shutdown.clone();
+    let node_config = args.node.then(|| node_config(&args));
+    let controllers = (!args.controllers.is_empty()).then(|| args.controllers.clone());
+    let ca_path = args.state_dir.join("ca.crt");
     let config = apiserver::Config {
         listen: args.listen,
         state_dir: args.state_dir,
         bookmark_interval: args.watch_bookmark_interval,
         event_window: args.event_window,
     };
+    // In-process components start once the server is ready and stop with it: SIGTERM
+    // cancels `stop`, the server returns, and the components get a bounded time to wind
+    // down (the node agent stops its pods).
+    let stop = CancellationToken::new();
+    let mut components = JoinSet::new();
     let result = runtime.block_on(apiserver::run(
         config,
         |addr, kubeconfig| {
+            if let Some(selected) = controllers {
+                spawn_component(
+                    &mut components,
+                    "controllers",
+                    kubeconfig,
+                    &stop,
+                    move |client, stop| async move {
+                        let root_ca_pem = std::fs::read_to_string(&ca_path).map_err(|e| {
+                            anyhow::anyhow!("cannot read the cluster CA {}: {e}", ca_path.display())
+                        })?;
+                        let config = controllers::Config {
+                            controllers: selected,
+                            root_ca_pem,
+                        };
+                        controllers::run(client, config, stop).await
+                    },
+                );
+            }
+            if let Some(mut config) = node_config {
+                config.apiserver = addr;
+                spawn_component(
+                    &mut components,
+                    "node agent",
+                    kubeconfig,
+                    &stop,
+                    move |client, stop| crate::node::run(client, config, stop),
+                );
+            }
             // Scripts and tests wait for this line.
             println!("cellmesh-local apiserver listening on https://{addr}");
             println!("kubeconfig: {}", kubeconfig.display());
@@ -112,18 +194,25 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
                 "try: KUBECONFIG={} kubectl get namespaces",
                 kubeconfig.display()
             );
-            if !selected.is_empty() {
-                start_controllers(selected, &state_dir, kubeconfig, components);
-            }
         },
         {
-            let shutdown = shutdown.clone();
+            let stop = stop.clone();
             async move {
                 shutdown_signal().await;
-                shutdown.cancel();
+                stop.cancel();
             }
         },
     ));
+    stop.cancel();
+    runtime.block_on(async {
+        let wind_down = async { while components.join_next().await.is_some() {} };
+        if tokio::time::timeout(COMPONENT_STOP_TIMEOUT, wind_down)
+            .await
+            .is_err()
+        {
+            tracing::warn!("components did not stop within {COMPONENT_STOP_TIMEOUT:?}");
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -133,30 +222,57 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
     }
 }
 
-/// Starts the controllers in the background against the server that just became ready.
-fn start_controllers(
-    selected: controllers::Selection,
-    state_dir: &std::path::Path,
-    kubeconfig: &std::path::Path,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
+/// How long in-process components get to stop after the server has (the node agent sends
+/// its pods SIGTERM and waits for them within this).
+const COMPONENT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs an in-process component with a client of the (ready) API server; it stops when
+/// `stop` is cancelled. A component that fails is logged; the server keeps serving.
+fn spawn_component<F, Fut>(
+    components: &mut JoinSet<()>,
+    name: &'static str,
+    kubeconfig: &Path,
+    stop: &CancellationToken,
+    run: F,
+) where
+    F: FnOnce(kube::Client, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let kubeconfig = kubeconfig.to_owned();
-    let ca = state_dir.join("ca.crt");
-    tokio::spawn(async move {
-        let started = async {
-            let root_ca_pem = std::fs::read_to_string(&ca)
-                .map_err(|e| anyhow::anyhow!("cannot read the cluster CA {}: {e}", ca.display()))?;
-            let client = crate::client::from_kubeconfig(&kubeconfig).await?;
-            let config = controllers::Config {
-                controllers: selected,
-                root_ca_pem,
-            };
-            controllers::run(client, config, shutdown).await
+    let stop = stop.child_token();
+    components.spawn(async move {
+        let result = match crate::client::from_kubeconfig(&kubeconfig).await {
+            Ok(client) => run(client, stop).await,
+            Err(err) => Err(err),
         };
-        if let Err(err) = started.await {
-            tracing::error!("controllers stopped: {err:#}");
+        match result {
+            Ok(()) => tracing::info!(component = name, "stopped"),
+            Err(err) => tracing::error!(component = name, "component failed: {err:#}"),
         }
     });
+}
+
+fn node_config(args: &ApiserverArgs) -> crate::node::Config {
+    let n = &args.node_args;
+    crate::node::Config {
+        node_name: crate::node::NODE_NAME.to_owned(),
+        state_dir: args.state_dir.clone(),
+        pod_cidr: n.pod_cidr,
+        host_ip: if args.listen.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            args.listen.ip()
+        },
+        cluster_dns: n.cluster_dns,
+        apiserver: args.listen,
+        image_map: n.image_map.clone(),
+        cgroup_root: n.cgroup_root.clone(),
+        cgroup_parent: n.cgroup_parent.clone(),
+        metrics_addr: n.node_metrics_addr,
+        backoff_base: n.crash_backoff,
+        backoff_max: n.crash_backoff_max,
+        self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cellmesh-local")),
+    }
 }
 
 async fn shutdown_signal() {

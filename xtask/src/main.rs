@@ -2,8 +2,8 @@
 //! every machine. `cargo xtask ci` is what `.ci/run` and the README's test command run.
 
 mod bench;
-mod bench_engine;
 mod bench_apiserver;
+mod bench_engine;
 mod bench_parse;
 mod bench_procs;
 mod crdgen;

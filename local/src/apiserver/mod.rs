@@ -15,10 +15,12 @@ mod discovery;
 pub mod error;
 mod machinery;
 mod managed;
+mod metrics_api;
 mod objects;
 mod openapi;
 mod path;
 pub mod pki;
+mod podlog;
 mod pods;
 mod protobuf;
 mod registry;
@@ -80,6 +82,8 @@ pub struct RuntimeConfig {
     pub admin_tokens: Vec<String>,
     /// Signs and verifies ServiceAccount tokens.
     pub token_keys: auth::TokenKeys,
+    /// The state directory (the node agent's pod logs live under it).
+    pub state_dir: PathBuf,
 }
 
 impl AppState {
@@ -99,8 +103,12 @@ impl AppState {
                 server_address,
                 admin_tokens: vec![admin_token],
                 token_keys: auth::TokenKeys::load_or_create(&config.state_dir)?,
+                state_dir: config.state_dir.clone(),
             }),
         };
+        state
+            .registry
+            .set_custom(metrics_api::GROUP, metrics_api::resources());
         crd::load_all(&state);
         state.bootstrap().await?;
         authz::bootstrap(&state).await?;
@@ -255,6 +263,17 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))?
         .0;
     authz::check_resource(&state.store, &user, &parts.method, &target, &query)?;
+    // Served by the node agent's data rather than the store.
+    if target.group.is_empty()
+        && target.resource == "pods"
+        && target.subresource.as_deref() == Some("log")
+        && parts.method == Method::GET
+    {
+        return podlog::serve(state, &target, &parts.uri).await;
+    }
+    if target.group == metrics_api::GROUP {
+        return metrics_api::serve(state, &parts.method, &target, &query).await;
+    }
     if authz::is_virtual(&target) {
         let content_type = parts
             .headers
