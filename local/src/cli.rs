@@ -1,13 +1,15 @@
 //! Command-line interface of `cellmesh-local`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::apiserver;
+use tokio_util::sync::CancellationToken;
+
+use crate::{apiserver, network};
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +48,15 @@ struct ApiserverArgs {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `cellmesh_local=debug`.
     #[arg(long, default_value = "info", env = "CELLMESH_LOG")]
     log: String,
+    /// Range Service ClusterIPs are allocated from (loopback, so they can be proxied).
+    #[arg(long, default_value = apiserver::service_ip::DEFAULT_SERVICE_CIDR)]
+    service_cidr: ipnet::Ipv4Net,
+    /// Run the network component: the ClusterIP proxy and the cluster DNS server.
+    #[arg(long)]
+    network: bool,
+    /// Where the cluster DNS server listens (UDP and TCP), with `--network`.
+    #[arg(long, default_value = network::DEFAULT_DNS_ADDR)]
+    dns_addr: SocketAddr,
 }
 
 /// Parses `500ms`, `30s`, `5m` or a plain number of seconds.
@@ -92,10 +103,21 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         state_dir: args.state_dir,
         bookmark_interval: args.watch_bookmark_interval,
         event_window: args.event_window,
+        service_cidr: args.service_cidr,
     };
+    // In-process components, started once the server is ready and stopped with it.
+    let components = CancellationToken::new();
+    let network = args.network.then(|| network::Config {
+        dns_addr: args.dns_addr,
+    });
     let result = runtime.block_on(apiserver::run(
         config,
         |addr, kubeconfig| {
+            if let Some(config) = network {
+                spawn_component("network", kubeconfig, &components, move |client, stop| {
+                    network::run(client, config, stop)
+                });
+            }
             // Scripts and tests wait for this line.
             println!("cellmesh-local apiserver listening on https://{addr}");
             println!("kubeconfig: {}", kubeconfig.display());
@@ -106,6 +128,7 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         },
         shutdown_signal(),
     ));
+    components.cancel();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -113,6 +136,27 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an in-process component with a client of the (ready) API server; it stops when
+/// `stop` is cancelled. A component that fails is logged; the server keeps serving.
+fn spawn_component<F, Fut>(name: &'static str, kubeconfig: &Path, stop: &CancellationToken, run: F)
+where
+    F: FnOnce(kube::Client, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let kubeconfig = kubeconfig.to_owned();
+    let stop = stop.child_token();
+    tokio::spawn(async move {
+        let result = match crate::client::from_kubeconfig(&kubeconfig).await {
+            Ok(client) => run(client, stop).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(()) => tracing::info!(component = name, "stopped"),
+            Err(err) => tracing::error!(component = name, "component failed: {err:#}"),
+        }
+    });
 }
 
 async fn shutdown_signal() {

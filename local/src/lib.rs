@@ -7,3 +7,4 @@
 pub mod apiserver;
 pub mod cli;
 pub mod client;
+pub mod network;
