@@ -107,7 +107,7 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
     };
     // In-process components, started once the server is ready and stopped with it.
     let components = CancellationToken::new();
-    let network = args.network.then(|| network::Config {
+    let network = args.network.then_some(network::Config {
         dns_addr: args.dns_addr,
     });
     let result = runtime.block_on(apiserver::run(
