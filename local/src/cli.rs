@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{apiserver, network};
+use crate::{apiserver, network, up};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,13 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server (HTTPS, bearer tokens, durable storage).
     Apiserver(ApiserverArgs),
+    /// Start the whole local cluster in the background (API server with every component,
+    /// CRDs, Prometheus, an example) and print what to try next.
+    Up(up::UpArgs),
+    /// Stop what `up` started (Prometheus, then the server); every stored object is kept.
+    Down(up::StateArgs),
+    /// Report what `up` started: pids, URLs and health (exit code 3 when not running).
+    Status(up::StateArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +64,9 @@ struct ApiserverArgs {
     /// Where the cluster DNS server listens (UDP and TCP), with `--network`.
     #[arg(long, default_value = network::DEFAULT_DNS_ADDR)]
     dns_addr: SocketAddr,
+    /// Where Prometheus HTTP service discovery of pods and nodes is served, with `--network`.
+    #[arg(long, default_value = network::DEFAULT_SD_ADDR)]
+    prometheus_sd_addr: SocketAddr,
 }
 
 /// Parses `500ms`, `30s`, `5m` or a plain number of seconds.
@@ -81,6 +91,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Apiserver(args) => run_apiserver(args),
+        Command::Up(args) => {
+            init_logging("warn");
+            up::up(args)
+        }
+        Command::Down(args) => up::down(args),
+        Command::Status(args) => up::status(args),
     }
 }
 
@@ -109,6 +125,7 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
     let components = CancellationToken::new();
     let network = args.network.then_some(network::Config {
         dns_addr: args.dns_addr,
+        sd_addr: args.prometheus_sd_addr,
     });
     let result = runtime.block_on(apiserver::run(
         config,
@@ -157,6 +174,15 @@ where
             Err(err) => tracing::error!(component = name, "component failed: {err:#}"),
         }
     });
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {

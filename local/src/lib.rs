@@ -8,3 +8,4 @@ pub mod apiserver;
 pub mod cli;
 pub mod client;
 pub mod network;
+pub mod up;

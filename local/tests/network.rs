@@ -33,12 +33,15 @@ fn start_network() -> (Server, [u8; 3], SocketAddr) {
     let net = random_net();
     let cidr = format!("{}.{}.{}.0/24", net[0], net[1], net[2]);
     let dns = SocketAddr::from(([net[0], net[1], net[2], 253], 10053));
+    let sd = SocketAddr::from(([net[0], net[1], net[2], 253], 10080));
     let server = Server::start_with(&[
         "--service-cidr",
         &cidr,
         "--network",
         "--dns-addr",
         &dns.to_string(),
+        "--prometheus-sd-addr",
+        &sd.to_string(),
     ]);
     (server, net, dns)
 }

@@ -6,17 +6,21 @@
 //! - [`dns`]: answers A records for `<svc>.<ns>.svc.cluster.local` (and `<svc>.<ns>.svc`,
 //!   `<svc>.<ns>`) on `--dns-addr`, UDP and TCP.
 //!
-//! Both read the cluster through kube-rs reflectors of Services and EndpointSlices (the
+//! - [`sd`]: Prometheus HTTP service discovery of pods and nodes (for Prometheus builds
+//!   without Kubernetes discovery).
+//!
+//! All read the cluster through kube-rs reflectors of Services and EndpointSlices (the
 //! [`Cluster`] view), fed by watches against the API server like any other client.
 
 pub mod dns;
 pub mod proxy;
+pub mod sd;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -26,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Where the DNS server listens by default (the node points pods' resolv.conf at it).
 pub const DEFAULT_DNS_ADDR: &str = "127.53.0.10:53";
+
+/// Where Prometheus HTTP service discovery is served by default.
+pub const DEFAULT_SD_ADDR: &str = "127.53.0.10:8080";
 
 /// The cluster domain Service names live under.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -38,6 +45,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Config {
     /// UDP and TCP address of the DNS server.
     pub dns_addr: SocketAddr,
+    /// HTTP address of the Prometheus service discovery endpoints ([`sd`]).
+    pub sd_addr: SocketAddr,
 }
 
 /// A read-only view of the Services and EndpointSlices, kept current by watches.
@@ -158,27 +167,38 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let dns = dns::Server::bind(config.dns_addr).await?;
+    let sd_listener = sd::bind(config.sd_addr).await?;
     let (services, services_writer) = reflector::store();
     let (slices, slices_writer) = reflector::store();
+    let (pods, pods_writer) = reflector::store();
+    let (nodes, nodes_writer) = reflector::store();
     let changed = Arc::new(Notify::new());
-    let watches = futures::future::join(
+    let ignored = Arc::new(Notify::new());
+    let watches = futures::future::join4(
         reflect(
             Api::<Service>::all(client.clone()),
             services_writer,
             Arc::clone(&changed),
         ),
         reflect(
-            Api::<EndpointSlice>::all(client),
+            Api::<EndpointSlice>::all(client.clone()),
             slices_writer,
-            Arc::new(Notify::new()),
+            Arc::clone(&ignored),
         ),
+        reflect(
+            Api::<Pod>::all(client.clone()),
+            pods_writer,
+            Arc::clone(&ignored),
+        ),
+        reflect(Api::<Node>::all(client), nodes_writer, ignored),
     );
     let cluster = Cluster::new(services, slices);
-    tracing::info!(dns = %config.dns_addr, "network: DNS and ClusterIP proxy running");
+    tracing::info!(dns = %config.dns_addr, sd = %config.sd_addr, "network: DNS, ClusterIP proxy and Prometheus SD running");
     tokio::select! {
         _ = watches => {}
         () = proxy::run(cluster.clone(), changed, shutdown.clone()) => {}
         result = dns.serve(cluster, shutdown.clone()) => result?,
+        result = sd::serve(sd_listener, pods, nodes, shutdown.clone()) => result?,
         () = shutdown.cancelled() => {}
     }
     Ok(())
