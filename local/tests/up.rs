@@ -377,3 +377,73 @@ fn prometheus_discovers_and_scrapes_annotated_pods() {
         text(&down)
     );
 }
+
+#[test]
+fn up_in_the_foreground_stops_everything_on_sigterm() {
+    let cluster = Cluster::new();
+    let mut up = Command::new(BIN)
+        .arg("up")
+        .arg("--state-dir")
+        .arg(cluster.state_dir())
+        .arg(format!("--listen={}:0", cluster.ip(1)))
+        .arg(format!("--dns-addr={}:10053", cluster.ip(253)))
+        .arg(format!("--prometheus-sd-addr={}:10080", cluster.ip(253)))
+        .args(["--no-prometheus", "--no-example", "--foreground", "--"])
+        .args(cluster.server_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // Read `up`'s output as it comes; wait for it to say it is attached.
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut output = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !output
+        .iter()
+        .any(|l: &String| l.contains("running in the foreground"))
+    {
+        assert!(Instant::now() < deadline, "never attached: {output:?}");
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            output.push(line);
+        }
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "`up --foreground` exited early: {output:?}"
+        );
+    }
+    assert!(cluster.run("status").status.success());
+    let pid = cluster.server_pid();
+    assert!(alive(pid));
+    let term = Command::new("kill")
+        .args(["-TERM", &up.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`up --foreground` ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    output.extend(rx.iter());
+    let stdout = output.join("\n");
+    assert!(status.success(), "{status}: {stdout}");
+    assert!(stdout.contains("stopped the API server"), "{stdout}");
+    assert!(!alive(pid), "the server outlived `up --foreground`");
+}

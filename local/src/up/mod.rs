@@ -246,6 +246,20 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let exe = std::env::current_exe().context("cannot find the cellmesh-local executable")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    // In the foreground, Ctrl-C and SIGTERM are ours from the start: one arriving while
+    // the cluster starts must still stop what was started.
+    let signals = if args.foreground {
+        Some(runtime.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })?)
+    } else {
+        None
+    };
     let bar = spinner();
 
     // 1. The API server with every component this build has.
@@ -305,7 +319,6 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         done(&bar, format!("  not in this build: {}", missing.join(", ")));
     }
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let client = runtime.block_on(crate::client::from_kubeconfig(&record.kubeconfig))?;
 
     // 2. CRDs, 3. Prometheus, 4. examples.
@@ -351,23 +364,22 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     print_next_steps(&record);
 
-    if !args.foreground {
+    let Some((mut interrupt, mut terminate)) = signals else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     println!("running in the foreground; Ctrl-C stops everything (the state is kept)");
     let exited = runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let server_gone = async {
             while process::is_running(record.server.pid, &record.server.program) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok::<bool, anyhow::Error>(false),
-            _ = term.recv() => Ok(false),
-            () = server_gone => Ok(true),
+            _ = interrupt.recv() => false,
+            _ = terminate.recv() => false,
+            () = server_gone => true,
         }
-    })?;
+    });
     if exited {
         eprintln!("the API server exited; see {}", record.server.log.display());
     }
