@@ -1,8 +1,9 @@
 //! cellmesh-local: a small Kubernetes-compatible cluster in one binary, so cellmesh runs
 //! and is tested on one machine without Docker.
 //!
-//! Components are modules, each behind a subcommand of the `cellmesh-local` binary:
-//! [`apiserver`] (the API server) now; controllers, the node agent and `up` follow.
+//! Components are modules: [`apiserver`] (the `apiserver` subcommand), [`network`]
+//! (ClusterIP proxy, cluster DNS and Prometheus discovery; `apiserver --network`), and
+//! [`up`] (`up`/`down`/`status`: the whole cluster in the background).
 
 pub mod apiserver;
 pub mod cli;

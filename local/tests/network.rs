@@ -422,3 +422,64 @@ fn dns_answers_service_names_over_udp_and_tcp() {
     );
     assert_eq!(a_records(&reply), [late]);
 }
+
+/// What a pod sees: glibc's resolver (`getent`) with the resolv.conf the node writes,
+/// bind-mounted over /etc/resolv.conf in a private mount namespace. Needs root (mount
+/// namespaces, DNS on port 53); skipped with the reason otherwise.
+#[test]
+fn glibc_resolves_short_names_through_the_pod_search_path() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root (a mount namespace and DNS on port 53)");
+        return;
+    }
+    let net = random_net();
+    let dns_ip = Ipv4Addr::new(net[0], net[1], net[2], 252);
+    let server = Server::start_with(&[
+        "--service-cidr",
+        &format!("{}.{}.{}.0/25", net[0], net[1], net[2]),
+        "--network",
+        "--dns-addr",
+        &format!("{dns_ip}:53"),
+        "--prometheus-sd-addr",
+        &format!("{dns_ip}:10080"),
+    ]);
+    server.kubectl(&["create", "namespace", "shop"]);
+    server.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "shop",
+        "--tcp=80",
+    ]);
+    let web = cluster_ip(&server, "shop", "web");
+    let resolv = server.state.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        format!(
+            "nameserver {dns_ip}\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        ),
+    )
+    .unwrap();
+    let lookup = |name: &str| -> Option<String> {
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/resolv.conf && getent ahostsv4 {name}",
+                resolv.display()
+            ))
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success().then_some(text)
+    };
+    eventually("glibc to resolve web", Duration::from_secs(20), || {
+        lookup("web").filter(|t| t.contains(&web))
+    });
+    for name in ["web.shop", "web.shop.svc", "web.shop.svc.cluster.local"] {
+        let answer = lookup(name).unwrap_or_default();
+        assert!(answer.contains(&web), "{name}: {answer:?}");
+    }
+    assert!(lookup("nope").is_none(), "an unknown short name resolved");
+}

@@ -1,8 +1,8 @@
 //! The ClusterIP proxy (kube-proxy's userspace mode, on loopback addresses).
 //!
 //! Contract:
-//! - For every Service with a ClusterIP (not headless, not ExternalName) and every TCP
-//!   port of it, a listener on `clusterIP:port`. Listeners are added and removed as
+//! - For every Service with a loopback ClusterIP (not headless, not ExternalName) and
+//!   every TCP port of it, a listener on `clusterIP:port`. Listeners are added and removed as
 //!   Services change (and retried every [`RESYNC`] when a bind failed).
 //! - Each accepted connection goes to a ready endpoint of the Service port (from its
 //!   EndpointSlices, looked up at connect time), round robin across connections; an
@@ -11,7 +11,7 @@
 //!   REJECT rule does.
 //! - Removing a listener stops accepting; connections already established carry on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -46,12 +46,15 @@ pub fn desired_listeners(services: &[Arc<Service>]) -> HashMap<SocketAddr, Targe
         if spec.type_.as_deref() == Some("ExternalName") {
             continue;
         }
+        // Only loopback ClusterIPs can be listened on without configuring interfaces
+        // (Services stored by older versions may hold 10.96.x.y addresses).
         let Some(ip) = spec
             .cluster_ip
             .as_deref()
             .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .filter(IpAddr::is_loopback)
         else {
-            continue; // headless ("None") or not allocated
+            continue; // headless ("None"), not allocated, or not loopback
         };
         for port in spec.ports.iter().flatten() {
             if port.protocol.as_deref().unwrap_or("TCP") != "TCP" {
@@ -81,6 +84,8 @@ struct Running {
 /// Reconciles listeners whenever `changed` fires (and every [`RESYNC`]) until `shutdown`.
 pub async fn run(cluster: Cluster, changed: Arc<Notify>, shutdown: CancellationToken) {
     let mut running: HashMap<SocketAddr, Running> = HashMap::new();
+    // Addresses whose bind failed, so the retry every RESYNC warns only once.
+    let mut failing: HashSet<SocketAddr> = HashSet::new();
     loop {
         let desired = desired_listeners(&cluster.services());
         running.retain(|addr, listener| {
@@ -97,6 +102,7 @@ pub async fn run(cluster: Cluster, changed: Arc<Notify>, shutdown: CancellationT
             }
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
+                    failing.remove(&addr);
                     tracing::info!(%addr, namespace = %target.namespace, service = %target.service, "proxy: listening");
                     let stop = shutdown.child_token();
                     tokio::spawn(accept_loop(
@@ -108,7 +114,9 @@ pub async fn run(cluster: Cluster, changed: Arc<Notify>, shutdown: CancellationT
                     running.insert(addr, Running { target, stop });
                 }
                 Err(err) => {
-                    tracing::warn!(%addr, service = %target.service, "proxy: cannot listen (will retry): {err}");
+                    if failing.insert(addr) {
+                        tracing::warn!(%addr, service = %target.service, "proxy: cannot listen (will retry): {err}");
+                    }
                 }
             }
         }
@@ -202,6 +210,10 @@ mod tests {
             service(json!({
                 "metadata": {"name": "db", "namespace": "ns"},
                 "spec": {"clusterIP": "None", "ports": [{"port": 5432}]},
+            })),
+            service(json!({
+                "metadata": {"name": "old", "namespace": "ns"},
+                "spec": {"clusterIP": "10.96.1.2", "ports": [{"port": 80}]},
             })),
             service(json!({
                 "metadata": {"name": "ext", "namespace": "ns"},
