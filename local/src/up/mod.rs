@@ -361,6 +361,10 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             Err(err) => done(&bar, format!("- skipped {}: {err:#}", path.display())),
         }
     }
+    done(
+        &bar,
+        "- operator: not started by `up` (this build has no operator deployment yet)",
+    );
     bar.finish_and_clear();
     print_next_steps(&record);
 
