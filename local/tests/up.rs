@@ -72,16 +72,18 @@ impl Cluster {
         let help = String::from_utf8_lossy(&help.stdout).into_owned();
         let mut args = Vec::new();
         if help.contains("--node-metrics-addr") {
-            args.push(format!("--node-metrics-addr={}:10250", self.ip(2)));
+            // On the node's address (the API server's), as Prometheus' node discovery expects.
+            args.push(format!(
+                "--node-metrics-addr={}:{}",
+                self.ip(1),
+                free_port(self.ip(1))
+            ));
         }
         if help.contains("--pod-cidr") {
             args.push(format!(
                 "--pod-cidr={}.{}.{}.128/25",
                 self.net[0], self.net[1], self.net[2]
             ));
-        }
-        if help.contains("--cluster-dns") {
-            args.push(format!("--cluster-dns={}", self.ip(253)));
         }
         args
     }
@@ -92,7 +94,7 @@ impl Cluster {
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg(format!("--listen={}:0", self.ip(1)))
-            .arg(format!("--dns-addr={}:10053", self.ip(253)))
+            .arg(format!("--dns-addr={}:53", self.ip(253)))
             .arg(format!("--prometheus-sd-addr={}:10080", self.ip(253)))
             .arg(format!(
                 "--service-cidr={}.{}.{}.0/26",
@@ -386,7 +388,7 @@ fn up_in_the_foreground_stops_everything_on_sigterm() {
         .arg("--state-dir")
         .arg(cluster.state_dir())
         .arg(format!("--listen={}:0", cluster.ip(1)))
-        .arg(format!("--dns-addr={}:10053", cluster.ip(253)))
+        .arg(format!("--dns-addr={}:53", cluster.ip(253)))
         .arg(format!("--prometheus-sd-addr={}:10080", cluster.ip(253)))
         .args(["--no-prometheus", "--no-example", "--foreground", "--"])
         .args(cluster.server_args())

@@ -52,7 +52,8 @@ pub struct UpArgs {
     /// Address the API server serves HTTPS on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
-    /// Address of the cluster DNS server (UDP and TCP).
+    /// Address of the cluster DNS server (UDP and TCP). Pods' resolv.conf cannot name a
+    /// port, so pods reach it only on port 53.
     #[arg(long, default_value = crate::network::DEFAULT_DNS_ADDR)]
     pub dns_addr: SocketAddr,
     /// Where the network component serves Prometheus HTTP service discovery.
@@ -138,13 +139,18 @@ fn done(bar: &ProgressBar, line: impl AsRef<str>) {
     }
 }
 
-/// Which component flags the `apiserver` subcommand of `exe` understands.
-fn supported_components(exe: &Path) -> (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>) {
-    let help = Command::new(exe)
+/// The `--help` text of the `apiserver` subcommand of `exe`.
+fn apiserver_help(exe: &Path) -> String {
+    Command::new(exe)
         .args(["apiserver", "--help"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Which component flags the `apiserver` help text lists: (components on, their flags,
+/// components this build lacks).
+fn supported_components(help: &str) -> (Vec<&'static str>, Vec<&'static str>, Vec<&'static str>) {
     let (mut on, mut flags, mut missing) = (Vec::new(), Vec::new(), Vec::new());
     for (name, args) in COMPONENTS {
         if args.first().is_some_and(|flag| help.contains(flag)) {
@@ -264,7 +270,14 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
 
     // 1. The API server with every component this build has.
     bar.set_message("starting the API server");
-    let (components, flags, missing) = supported_components(&exe);
+    let help = apiserver_help(&exe);
+    let (components, flags, missing) = supported_components(&help);
+    // Pods' resolv.conf must name our DNS server (resolv.conf has no port: use 53).
+    let cluster_dns: Vec<String> = if help.contains("--cluster-dns") {
+        vec!["--cluster-dns".into(), args.dns_addr.ip().to_string()]
+    } else {
+        Vec::new()
+    };
     let log = state.join("cellmesh-local.log");
     let mut command = Command::new(&exe);
     command
@@ -280,6 +293,7 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
         .arg("--prometheus-sd-addr")
         .arg(args.prometheus_sd_addr.to_string())
         .args(&flags)
+        .args(&cluster_dns)
         .args(&args.server_args);
     let (mut child, offset) = process::spawn_logged(command, &log)?;
     let server = Recorded {
