@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{apiserver, controllers};
+use crate::{apiserver, controllers, network, up};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,13 @@ struct Cli {
 enum Command {
     /// Run the Kubernetes-compatible API server (HTTPS, bearer tokens, durable storage).
     Apiserver(Box<ApiserverArgs>),
+    /// Start the whole local cluster in the background (API server with every component,
+    /// CRDs, Prometheus, an example) and print what to try next.
+    Up(up::UpArgs),
+    /// Stop what `up` started (Prometheus, then the server); every stored object is kept.
+    Down(up::StateArgs),
+    /// Report what `up` started: pids, URLs and health (exit code 3 when not running).
+    Status(up::StateArgs),
     /// Internal: the trampoline every container of the node agent starts through (joins
     /// the container's cgroups, mounts its volumes in a private mount namespace, then
     /// execs the container's command).
@@ -62,6 +69,20 @@ struct ApiserverArgs {
     /// Log filter (tracing-subscriber syntax), e.g. `info` or `cellmesh_local=debug`.
     #[arg(long, default_value = "info", env = "CELLMESH_LOG")]
     log: String,
+    /// Range Service ClusterIPs are allocated from (loopback, so they can be proxied).
+    #[arg(long, default_value = apiserver::service_ip::DEFAULT_SERVICE_CIDR)]
+    service_cidr: ipnet::Ipv4Net,
+    /// Run the network component: the ClusterIP proxy, the cluster DNS server and
+    /// Prometheus service discovery.
+    #[arg(long)]
+    network: bool,
+    /// Where the cluster DNS server listens (UDP and TCP). The node agent writes its IP into
+    /// every pod's /etc/resolv.conf, which cannot name a port: pods need port 53.
+    #[arg(long, default_value = network::DEFAULT_DNS_ADDR)]
+    dns_addr: SocketAddr,
+    /// Where Prometheus HTTP service discovery of pods and nodes is served, with `--network`.
+    #[arg(long, default_value = network::DEFAULT_SD_ADDR)]
+    prometheus_sd_addr: SocketAddr,
     /// Also run the node agent (runs pods as local processes).
     #[arg(long)]
     node: bool,
@@ -76,9 +97,6 @@ struct NodeArgs {
     /// Pod IPs are allocated from this loopback range, one per pod.
     #[arg(long, default_value = "127.64.0.0/16")]
     pod_cidr: crate::node::ipam::Cidr,
-    /// The DNS server written into each pod's /etc/resolv.conf.
-    #[arg(long, default_value = "127.53.0.10")]
-    cluster_dns: std::net::IpAddr,
     /// Map an image to a local binary: `pattern=path` (pattern may end in `*`; path `host`
     /// runs the command from the host). Repeatable; overrides the built-in map
     /// (ghcr.io/cellmesh/cell:* → cellmesh-cell, ghcr.io/cellmesh/operator:* →
@@ -124,17 +142,27 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Apiserver(args) => run_apiserver(*args),
+        Command::Up(args) => {
+            init_logging("warn");
+            up::up(args)
+        }
+        Command::Down(args) => up::down(args),
+        Command::Status(args) => up::status(args),
         Command::ContainerInit { spec } => crate::node::init::main(&spec),
     }
 }
 
-fn run_apiserver(args: ApiserverArgs) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn run_apiserver(args: ApiserverArgs) -> ExitCode {
+    init_logging(&args.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -143,6 +171,10 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         }
     };
     let node_config = args.node.then(|| node_config(&args));
+    let network = args.network.then_some(network::Config {
+        dns_addr: args.dns_addr,
+        sd_addr: args.prometheus_sd_addr,
+    });
     let controllers = (!args.controllers.is_empty()).then(|| args.controllers.clone());
     let ca_path = args.state_dir.join("ca.crt");
     let config = apiserver::Config {
@@ -150,6 +182,7 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
         state_dir: args.state_dir,
         bookmark_interval: args.watch_bookmark_interval,
         event_window: args.event_window,
+        service_cidr: args.service_cidr,
     };
     // In-process components start once the server is ready and stop with it: SIGTERM
     // cancels `stop`, the server returns, and the components get a bounded time to wind
@@ -185,6 +218,15 @@ fn run_apiserver(args: ApiserverArgs) -> ExitCode {
                     kubeconfig,
                     &stop,
                     move |client, stop| crate::node::run(client, config, stop),
+                );
+            }
+            if let Some(config) = network {
+                spawn_component(
+                    &mut components,
+                    "network",
+                    kubeconfig,
+                    &stop,
+                    move |client, stop| network::run(client, config, stop),
                 );
             }
             // Scripts and tests wait for this line.
@@ -263,7 +305,7 @@ fn node_config(args: &ApiserverArgs) -> crate::node::Config {
         } else {
             args.listen.ip()
         },
-        cluster_dns: n.cluster_dns,
+        cluster_dns: args.dns_addr.ip(),
         apiserver: args.listen,
         image_map: n.image_map.clone(),
         cgroup_root: n.cgroup_root.clone(),

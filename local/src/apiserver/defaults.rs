@@ -166,33 +166,15 @@ fn pod(object: &mut Value) {
     );
 }
 
-/// A stable ClusterIP in 10.96.0.0/16 derived from the service's uid. The node agent
-/// (a later step) maps these onto loopback addresses.
-fn cluster_ip_for(uid: &str) -> String {
-    let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let [a, b, ..] = hash.to_le_bytes();
-    format!("10.96.{}.{}", a, b.max(1))
-}
-
+/// Service defaults; the ClusterIP fields are filled by the allocator
+/// ([`service_ip`](super::service_ip)), which needs the stored Services.
 fn service(object: &mut Value) {
-    let uid = object
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
     let Some(map) = obj(object) else { return };
     if let Some(spec) = child(map, "spec") {
         default_field(spec, "type", json!("ClusterIP"));
         default_field(spec, "sessionAffinity", json!("None"));
         let external_name = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
         if !external_name {
-            default_field(spec, "clusterIP", json!(cluster_ip_for(&uid)));
-            let ip = spec.get("clusterIP").cloned().unwrap_or(Value::Null);
-            default_field(spec, "clusterIPs", json!([ip]));
-            default_field(spec, "ipFamilies", json!(["IPv4"]));
-            default_field(spec, "ipFamilyPolicy", json!("SingleStack"));
             default_field(spec, "internalTrafficPolicy", json!("Cluster"));
         }
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
@@ -293,7 +275,7 @@ mod tests {
     }
 
     #[test]
-    fn services_get_type_ports_and_an_ip() {
+    fn services_get_type_and_ports() {
         let svc = defaulted(
             "",
             "services",
@@ -301,9 +283,9 @@ mod tests {
         );
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
-        let ip = svc["spec"]["clusterIP"].as_str().unwrap();
-        assert!(ip.starts_with("10.96."));
-        assert_eq!(svc["spec"]["clusterIPs"][0], ip);
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(svc["spec"]["sessionAffinity"], "None");
+        assert_eq!(svc["spec"]["internalTrafficPolicy"], "Cluster");
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod pods;
 mod protobuf;
 mod registry;
 mod rest;
+pub mod service_ip;
 mod serviceaccount;
 pub mod store;
 mod table;
@@ -63,6 +64,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// How many recent events watches can resume from.
     pub event_window: usize,
+    /// The range Service ClusterIPs are allocated from.
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 /// Shared by every request; cheap to clone.
@@ -71,6 +74,8 @@ pub struct AppState {
     pub store: Store,
     pub registry: Registry,
     pub config: Arc<RuntimeConfig>,
+    /// Hands out Service ClusterIPs.
+    pub cluster_ips: Arc<service_ip::ClusterIps>,
 }
 
 /// What handlers need of the configuration once the server is up.
@@ -98,6 +103,7 @@ impl AppState {
         let state = Self {
             store,
             registry: Registry::new(),
+            cluster_ips: Arc::new(service_ip::ClusterIps::new(config.service_cidr)),
             config: Arc::new(RuntimeConfig {
                 bookmark_interval: config.bookmark_interval,
                 server_address,
@@ -469,6 +475,7 @@ mod tests {
             state_dir: dir.path().to_owned(),
             bookmark_interval: Duration::from_secs(60),
             event_window: 1000,
+            service_cidr: service_ip::DEFAULT_SERVICE_CIDR.parse().unwrap(),
         };
         let state = AppState::open(&config, "127.0.0.1:1".into(), "secret".into())
             .await

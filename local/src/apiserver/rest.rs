@@ -19,7 +19,8 @@ use super::managed::{self, Manager, Verb};
 use super::objects::{self, DeleteOptions, Stamp};
 use super::path::Target;
 use super::registry::ResourceInfo;
-use super::store::{Committed, Mutation, Outcome, object_key};
+use super::service_ip::{self, ClusterIps};
+use super::store::{Committed, Mutation, Outcome, Store, object_key};
 use super::{AppState, crd, table, watch};
 
 /// Query parameters of resource requests (all as sent; parsed where used so a bad value
@@ -136,6 +137,12 @@ impl Request<'_> {
             manager,
             force,
             validation,
+            services: (info.group.is_empty() && info.resource == "services").then(|| {
+                (
+                    Arc::clone(&self.state.cluster_ips),
+                    self.state.store.clone(),
+                )
+            }),
         })
     }
 }
@@ -148,6 +155,8 @@ struct WriteOptions {
     manager: Manager,
     force: bool,
     validation: FieldValidation,
+    /// For Services: the ClusterIP allocator and the store holding the Services.
+    services: Option<(Arc<ClusterIps>, Store)>,
 }
 
 impl WriteOptions {
@@ -197,7 +206,10 @@ impl WriteOptions {
         applied: Option<Option<Value>>,
     ) -> Result<Outcome, ApiError> {
         let outcome = match outcome {
-            Outcome::Put(object) => {
+            Outcome::Put(mut object) => {
+                if let Some((ips, store)) = &self.services {
+                    service_ip::assign(ips, store, old, &mut object)?;
+                }
                 if let Some(schema) = &self.schema {
                     admission::validate(&self.info, schema, &object, old)?;
                 }
