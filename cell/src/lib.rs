@@ -6,8 +6,8 @@
 //! [`downstream`], [`metrics`].
 //!
 //! [`engine`] is the Cocaine/mpservice-style engine (Profiles, elastic worker pools,
-//! admission with deadlines, pipelines, drain). It is tested on its own and is being wired
-//! into the transports (issue 4).
+//! admission with deadlines, pipelines, drain): every request of [`service`] (a workmodel
+//! service) or of an App's pipeline ([`app::PipelineCell`]) goes through it.
 
 pub mod admin;
 pub mod app;

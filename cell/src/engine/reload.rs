@@ -49,7 +49,7 @@ pub fn parse_profile(text: &str) -> Result<ProfileSpec, String> {
         Some(spec) => serde_yaml::to_string(spec).map_err(|e| format!("spec: {e}"))?,
         None => String::new(),
     };
-    ProfileSpec::from_yaml(&spec).map_err(|e| format!("spec.{e}"))
+    ProfileSpec::from_yaml(&spec).map_err(|e| format!("spec: {e}"))
 }
 
 /// Watch `path` and apply its changes to `engine` until the returned task is aborted or
