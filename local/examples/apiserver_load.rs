@@ -50,7 +50,10 @@ async fn main() -> Result<()> {
     for _ in 0..args.writers {
         writers.push(cellmesh_local::client::from_kubeconfig(&args.kubeconfig).await?);
     }
-    let admin = writers.first().context("--writers must be at least 1")?.clone();
+    let admin = writers
+        .first()
+        .context("--writers must be at least 1")?
+        .clone();
     for ns in ["bench", "bench-watch"] {
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
         match Api::<Namespace>::all(admin.clone())
@@ -86,7 +89,11 @@ async fn main() -> Result<()> {
         let list = api.list(&ListParams::default()).await?;
         whole.push(start.elapsed().as_secs_f64() * 1e3);
         if list.items.len() != args.objects {
-            bail!("listed {} objects, expected {}", list.items.len(), args.objects);
+            bail!(
+                "listed {} objects, expected {}",
+                list.items.len(),
+                args.objects
+            );
         }
         let start = Instant::now();
         let mut params = ListParams::default().limit(500);
@@ -101,7 +108,10 @@ async fn main() -> Result<()> {
         }
         paged.push(start.elapsed().as_secs_f64() * 1e3);
         if count != args.objects {
-            bail!("paged list returned {count} objects, expected {}", args.objects);
+            bail!(
+                "paged list returned {count} objects, expected {}",
+                args.objects
+            );
         }
     }
 
@@ -160,9 +170,12 @@ async fn create_all(
                     return Ok::<_, anyhow::Error>(latencies);
                 }
                 let sent = Instant::now();
-                api.create(&PostParams::default(), &config_map(&format!("{namespace}-{i}"))?)
-                    .await
-                    .with_context(|| format!("creating ConfigMap {namespace}-{i}"))?;
+                api.create(
+                    &PostParams::default(),
+                    &config_map(&format!("{namespace}-{i}"))?,
+                )
+                .await
+                .with_context(|| format!("creating ConfigMap {namespace}-{i}"))?;
                 latencies.push(sent.elapsed().as_secs_f64() * 1e3);
             }
         }));

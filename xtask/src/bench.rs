@@ -725,14 +725,25 @@ mod tests {
             "--record",
         ])
         .unwrap();
-        let BenchCommand::Cell(args) = cli.bench;
+        let BenchCommand::Cell(args) = cli.bench else {
+            panic!("bench cell parses as the cell bench")
+        };
         assert_eq!((args.duration, args.repetitions, args.warmup), (5, 2, 3));
         assert_eq!((args.connections, args.threads), (32, 2));
         assert!(args.record);
         assert!(args.targets.is_empty());
         let cli = Cli::try_parse_from(["bench", "cell", "--targets", "hello,chain"]).unwrap();
-        let BenchCommand::Cell(args) = cli.bench;
+        let BenchCommand::Cell(args) = cli.bench else {
+            panic!("bench cell parses as the cell bench")
+        };
         assert_eq!(args.targets, [Target::Hello, Target::Chain]);
         assert!(Cli::try_parse_from(["bench", "cell", "--duration", "5s"]).is_err());
+        let cli =
+            Cli::try_parse_from(["bench", "apiserver", "--objects", "500", "--record"]).unwrap();
+        let BenchCommand::Apiserver(args) = cli.bench else {
+            panic!("bench apiserver parses as the apiserver bench")
+        };
+        assert_eq!((args.objects, args.writers, args.watchers), (500, 16, 100));
+        assert!(args.record);
     }
 }

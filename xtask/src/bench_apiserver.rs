@@ -275,7 +275,13 @@ mod tests {
             "write_p50_ms": 5.0, "write_p99_ms": 20.0, "watchers": 100, "watch_events": 1000,
             "watch_p50_ms": 10.0, "watch_p99_ms": 80.0, "watch_max_ms": 120.0,
             "list_ms_median": 90.0, "list_ms_best": 80.0, "list_paged_ms_median": 150.0});
-        let table = render(&report, &Memory { rss_mib: 100.0, peak_mib: 300.0 });
+        let table = render(
+            &report,
+            &Memory {
+                rss_mib: 100.0,
+                peak_mib: 300.0,
+            },
+        );
         let line = |needle: &str| {
             table
                 .lines()

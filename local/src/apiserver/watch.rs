@@ -234,10 +234,7 @@ async fn run(watch: Watch, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
                     let was_in = event.previous.as_deref().is_some_and(|p| watch.in_scope(p));
                     if let Some(kind) = visible(event.kind, was_in, is_in) {
                         let bytes = if kind == event.kind.as_str() && watch.sends_as_stored() {
-                            event
-                                .wire
-                                .get_or_init(|| line(kind, &event.object))
-                                .clone()
+                            event.wire.get_or_init(|| line(kind, &event.object)).clone()
                         } else {
                             line(kind, &watch.render(&event.object))
                         };
