@@ -137,4 +137,51 @@ fn resize_changes_resources_only_and_guards_qos() {
         "1"
     );
     assert_eq!(after["metadata"]["generation"], 4);
+
+    // Server-side apply through the subresource, as `kubectl apply --subresource resize`.
+    let config = POD
+        .replace(
+            "requests: {cpu: 250m, memory: 64Mi}",
+            "requests: {cpu: 300m, memory: 64Mi}",
+        )
+        .replace(
+            "limits: {cpu: 500m, memory: 128Mi}",
+            "limits: {cpu: \"2\", memory: 256Mi}",
+        );
+    server.kubectl_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--subresource",
+            "resize",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&config),
+    );
+    let applied: Value = serde_json::from_str(&server.kubectl(&[
+        "get",
+        "pod",
+        "app",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .expect("kubectl prints JSON");
+    let container = &applied["spec"]["containers"][0];
+    assert_eq!(container["resources"]["limits"]["cpu"], "2");
+    assert_eq!(
+        container["image"], "busybox:1.37",
+        "the image in the config is dropped"
+    );
+    assert_eq!(applied["metadata"]["generation"], 5);
+    assert!(
+        applied["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .iter()
+            .any(|m| m["operation"] == "Apply" && m["subresource"] == "resize"),
+        "{applied}"
+    );
 }

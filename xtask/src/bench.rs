@@ -747,6 +747,12 @@ mod tests {
             panic!("bench engine parses as Engine")
         };
         assert_eq!((args.digits, args.duration, args.connections), (500, 8, 16));
+        let cli =
+            Cli::try_parse_from(["bench", "apiserver", "--objects", "500", "--record"]).unwrap();
+        let BenchCommand::Apiserver(args) = cli.bench else {
+            panic!("bench apiserver parses as the apiserver bench")
+        };
+        assert_eq!((args.objects, args.writers, args.watchers), (500, 16, 100));
         assert!(args.record);
     }
 }
