@@ -662,7 +662,8 @@ spec:
   containers:
   - name: c
     image: busybox
-    command: ["sh", "-c", "sleep 1000"]
+    # exec: without cgroups a child left behind would outlive a SIGKILLed agent.
+    command: ["sh", "-c", "exec sleep 1000"]
     resources: {limits: {cpu: 100m}}
 "#,
     );

@@ -310,7 +310,10 @@ pub async fn run(
             }
         };
         prober.abort();
-        // Whatever the container left behind in its cgroup goes with it.
+        // Whatever the container left behind (its process group, its cgroup) goes with it.
+        if let Ok(group) = i32::try_from(pid) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(group), Signal::SIGKILL);
+        }
         ctx.agent.cgroups.kill_all(&cgroup_id);
         let stats: Stats = ctx.agent.cgroups.stats(&cgroup_id).unwrap_or_default();
         for copier in spawned.copiers.drain(..) {

@@ -62,6 +62,9 @@ fn run(spec_path: &Path) -> anyhow::Result<std::convert::Infallible> {
     if nix::unistd::getppid() == nix::unistd::Pid::from_raw(1) {
         anyhow::bail!("the agent is gone");
     }
+    // Its own session and process group, so the agent can kill everything it started even
+    // where there are no cgroups to enumerate processes with.
+    nix::unistd::setsid().context("cannot start a new session")?;
     let pid = std::process::id().to_string();
     for procs in &spec.cgroup_procs {
         std::fs::write(procs, &pid)
