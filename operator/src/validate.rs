@@ -66,6 +66,20 @@ pub fn workmodel(wm: &WorkModel) -> Result<(), Invalid> {
             ),
         });
     }
+    if wm.spec.gateway.as_ref().is_some_and(|g| g.enabled) {
+        let name = wm.metadata.name.as_deref().unwrap_or_default();
+        let gateway = format!("{name}-gateway");
+        if !is_dns_label(&gateway) || wm.spec.services.contains_key(&gateway) {
+            return Err(Invalid {
+                reason: "InvalidGatewayName",
+                message: format!(
+                    "the gateway Service would be named {gateway}, which is not a DNS label of \
+                     at most {MAX_LABEL} characters or is already a service's name: shorten \
+                     the WorkModel's name or rename the service"
+                ),
+            });
+        }
+    }
     let services = wm.spec.cell_services();
     service::validate(&services).map_err(|errors| Invalid {
         reason: "InvalidService",
@@ -264,6 +278,19 @@ mod tests {
         let invalid = workmodel(&wm).unwrap_err();
         assert_eq!(invalid.reason, "InvalidService");
         assert!(invalid.message.contains("ghost"), "{}", invalid.message);
+    }
+
+    #[test]
+    fn the_gateway_name_must_be_free_and_a_label() {
+        let mut wm = workmodel_of(json!({"shop-gateway": calling(&[])}));
+        assert_eq!(workmodel(&wm), Ok(()), "no gateway, no conflict");
+        wm.spec.gateway = Some(Default::default());
+        wm.spec.gateway.as_mut().unwrap().enabled = true;
+        assert_eq!(workmodel(&wm).unwrap_err().reason, "InvalidGatewayName");
+        let mut long = workmodel_of(json!({"a": calling(&[])}));
+        long.metadata.name = Some("x".repeat(60));
+        long.spec.gateway = wm.spec.gateway.clone();
+        assert_eq!(workmodel(&long).unwrap_err().reason, "InvalidGatewayName");
     }
 
     #[test]

@@ -233,8 +233,7 @@ fn config_map(
         .iter()
         .map(|(n, s)| (n.as_str(), &s.spec))
         .collect();
-    let workmodel =
-        serde_json::to_string_pretty(&specs).map_err(|e| BuildError::Render(e.to_string()))?;
+    let workmodel = serde_json::to_string(&specs).map_err(|e| BuildError::Render(e.to_string()))?;
     let mut data = BTreeMap::from([(WORKMODEL_KEY.to_owned(), workmodel)]);
     for name in services.values().filter_map(|s| s.profile.as_ref()) {
         let spec = profiles
