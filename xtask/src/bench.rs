@@ -47,6 +47,9 @@ pub enum BenchCommand {
     /// The cell vs the bare hyper server vs µBench's published figures, with cellmesh-load and
     /// wrk in one run.
     Cell(CellBench),
+    /// The operator: time to apply a 100- and a 1,000-service WorkModel (objects and
+    /// status), the cost of a no-op reconcile, and the operator's memory.
+    Operator(crate::bench_operator::OperatorBench),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +83,7 @@ pub struct CellBench {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Cell(args) => bench_cell(&args),
+        BenchCommand::Operator(args) => crate::bench_operator::bench_operator(&args),
     }
 }
 
@@ -721,13 +725,17 @@ mod tests {
             "--record",
         ])
         .unwrap();
-        let BenchCommand::Cell(args) = cli.bench;
+        let BenchCommand::Cell(args) = cli.bench else {
+            panic!("bench cell parses as Cell")
+        };
         assert_eq!((args.duration, args.repetitions, args.warmup), (5, 2, 3));
         assert_eq!((args.connections, args.threads), (32, 2));
         assert!(args.record);
         assert!(args.targets.is_empty());
         let cli = Cli::try_parse_from(["bench", "cell", "--targets", "hello,chain"]).unwrap();
-        let BenchCommand::Cell(args) = cli.bench;
+        let BenchCommand::Cell(args) = cli.bench else {
+            panic!("bench cell parses as Cell")
+        };
         assert_eq!(args.targets, [Target::Hello, Target::Chain]);
         assert!(Cli::try_parse_from(["bench", "cell", "--duration", "5s"]).is_err());
     }

@@ -2,6 +2,7 @@
 //! every machine. `cargo xtask ci` is what `.ci/run` and the README's test command run.
 
 mod bench;
+mod bench_operator;
 mod bench_parse;
 mod bench_procs;
 mod crdgen;
