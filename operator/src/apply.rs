@@ -1,13 +1,15 @@
 //! Applying a [`Desired`] set: server-side apply with the one field manager
 //! [`FIELD_MANAGER`] (forcing conflicts, as a controller should), then deleting what the owner
-//! labelled as its own and no longer wants.
+//! controls and no longer wants.
 //!
-//! Every applied object carries [`APPLIED_HASH_ANNOTATION`], a hash of exactly what was
-//! applied. An object whose live hash equals the desired one is skipped, so re-reconciling a
-//! 1,000-service WorkModel costs three LISTs instead of 2,000 PATCHes. Drift made by someone
-//! else on a skipped object is corrected by a full apply, which runs on the first reconcile of
-//! each owner after the operator starts and every [`crate::controller::FULL_APPLY_EVERY`]
-//! after that.
+//! Reads come from [`Caches`]: reflector stores fed by watches on the objects the operator
+//! manages, never from LISTs (a LIST of 1,000 Deployments is megabytes the API server must
+//! serialise on every reconcile). Every applied object carries [`APPLIED_HASH_ANNOTATION`], a
+//! hash of exactly what was applied; an object whose cached hash equals the desired one is
+//! skipped, so an unchanged 1,000-service WorkModel costs no API call at all. A stale cache
+//! only costs a redundant apply or a delete that finds nothing. Drift made by someone else on
+//! a skipped object is corrected by a full apply, which runs on the first reconcile of each
+//! owner after the operator starts and every [`crate::controller::FULL_APPLY_EVERY`] after.
 //!
 //! Order: ConfigMaps, then Services, then Deployments (a new pod must find its config, and
 //! callers their callees' Services), then the orphan sweep. The sweep only deletes objects
@@ -16,10 +18,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
+use std::sync::Arc;
+
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -56,8 +62,78 @@ impl Changes {
 pub struct Applied {
     /// What was written.
     pub changes: Changes,
-    /// The owner's Deployments as the API server last returned them.
-    pub deployments: BTreeMap<String, Deployment>,
+    /// The owner's Deployments as last seen (the apply's answer, else the cache).
+    pub deployments: BTreeMap<String, Arc<Deployment>>,
+}
+
+/// Watch-fed caches of every object the operator manages (label
+/// `app.kubernetes.io/managed-by=cellmesh-operator`), in the watched namespace or all.
+#[derive(Clone)]
+pub struct Caches {
+    /// Deployments.
+    pub deployments: Store<Deployment>,
+    /// Services.
+    pub services: Store<Service>,
+    /// ConfigMaps.
+    pub config_maps: Store<ConfigMap>,
+}
+
+impl Caches {
+    /// Starts the three watches (tasks that run until the process ends) and returns their
+    /// stores; [`Caches::wait_until_ready`] waits for the first complete listing.
+    pub fn start(client: &Client, namespace: Option<&str>) -> Self {
+        Self {
+            deployments: cache(client, namespace),
+            services: cache(client, namespace),
+            config_maps: cache(client, namespace),
+        }
+    }
+
+    /// Waits until every cache holds a complete listing.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.deployments.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.config_maps.wait_until_ready().await
+    }
+}
+
+/// The watch configuration of managed objects.
+pub fn managed_watch() -> watcher::Config {
+    watcher::Config::default()
+        .labels(&format!(
+            "app.kubernetes.io/managed-by={}",
+            crate::build::MANAGED_BY
+        ))
+        .any_semantic()
+}
+
+fn cache<K>(client: &Client, namespace: Option<&str>) -> Store<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let stream = reflector(writer, watcher(api, managed_watch()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::warn!(kind = K::kind(&()).as_ref(), %error, "cache watch error");
+            }
+        }
+    });
+    reader
 }
 
 /// Stamps `object` with the hash of its own content (without the stamp).
@@ -91,6 +167,7 @@ fn controlled_by<K: Resource>(object: &K, owner: &Owner) -> bool {
 /// `full` forces a write of every object, even one whose hash is unchanged.
 pub async fn apply(
     client: &Client,
+    caches: &Caches,
     owner: &Owner,
     desired: Desired,
     full: bool,
@@ -101,9 +178,9 @@ pub async fn apply(
         deployments,
     } = desired;
     let mut changes = Changes::default();
-    let cms = Kind::<ConfigMap>::load(client, owner).await?;
-    let svcs = Kind::<Service>::load(client, owner).await?;
-    let deps = Kind::<Deployment>::load(client, owner).await?;
+    let cms = Kind::load(client, &caches.config_maps, owner);
+    let svcs = Kind::load(client, &caches.services, owner);
+    let deps = Kind::load(client, &caches.deployments, owner);
     let cms = cms.apply(config_maps, full, &mut changes).await?;
     let svcs = svcs.apply(services, full, &mut changes).await?;
     let deps = deps.apply(deployments, full, &mut changes).await?;
@@ -120,7 +197,7 @@ pub async fn apply(
 /// One kind of child: its API, the owner's live objects, and the names applied this run.
 struct Kind<K> {
     api: Api<K>,
-    live: BTreeMap<String, K>,
+    live: BTreeMap<String, Arc<K>>,
     wanted: BTreeSet<String>,
 }
 
@@ -132,24 +209,23 @@ where
         + Serialize
         + DeserializeOwned
         + Send
-        + Sync,
+        + Sync
+        + 'static,
 {
-    async fn load(client: &Client, owner: &Owner) -> Result<Self, kube::Error> {
+    fn load(client: &Client, cache: &Store<K>, owner: &Owner) -> Self {
         let api: Api<K> = Api::namespaced(client.clone(), &owner.namespace);
-        let selector = format!("{}={}", owner.label(), owner.name);
-        let live = api
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
+        let live = cache
+            .state()
             .into_iter()
-            .filter(|o| controlled_by(o, owner))
+            .filter(|o| o.namespace().as_deref() == Some(owner.namespace.as_str()))
+            .filter(|o| controlled_by(o.as_ref(), owner))
             .map(|o| (o.name_any(), o))
             .collect();
-        Ok(Self {
+        Self {
             api,
             live,
             wanted: BTreeSet::new(),
-        })
+        }
     }
 
     async fn apply(
@@ -190,13 +266,13 @@ where
             } else if changed {
                 changes.updated.push(format!("{kind}/{name}"));
             }
-            self.live.insert(name, live);
+            self.live.insert(name, Arc::new(live));
         }
         Ok(self)
     }
 
     /// Deletes the live objects not wanted this run; returns the wanted live ones.
-    async fn sweep(self, changes: &mut Changes) -> Result<BTreeMap<String, K>, kube::Error> {
+    async fn sweep(self, changes: &mut Changes) -> Result<BTreeMap<String, Arc<K>>, kube::Error> {
         let kind = K::kind(&());
         let Self {
             api, live, wanted, ..

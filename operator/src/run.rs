@@ -130,6 +130,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         settings,
         health.clone(),
         identity.clone(),
+        args.namespace.as_deref(),
     ));
     if let Some(url) = &args.prometheus_url {
         tracing::info!(%url, "Prometheus URL noted for the ScalingPolicy controller");

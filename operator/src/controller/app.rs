@@ -17,7 +17,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{
-    Context, Error, RESYNC, api, error_policy, instrumented, key, log_result, owned_watch,
+    Context, Error, PROGRESS_POLL, RESYNC, api, error_policy, instrumented, key, log_result,
+    owned_watch,
 };
 use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{app as build, owner_of};
@@ -112,15 +113,20 @@ pub async fn reconcile(app: &App, ctx: &Context) -> Result<Action, Error> {
 
     // apply + sweep
     let full = ctx.take_full_apply(&key(app));
-    let applied = apply::apply(&ctx.client, &owner, desired, full).await?;
+    let applied = apply::apply(&ctx.client, &ctx.caches, &owner, desired, full).await?;
     ctx.changes_events(app, &applied.changes).await;
 
     // status
     let endpoint = build::endpoint(&owner.namespace, &owner.name, app.spec.request_method);
-    let rollout = status::rollout(applied.deployments.get(&owner.name));
+    let rollout = status::rollout(applied.deployments.get(&owner.name).map(AsRef::as_ref));
+    let rolled_out = rollout.done;
     let outcome = Outcome::Applied(BTreeMap::from([(owner.name.clone(), (endpoint, rollout))]));
     write_status(ctx, app, &outcome).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if rolled_out {
+        RESYNC
+    } else {
+        PROGRESS_POLL
+    }))
 }
 
 async fn refuse(ctx: &Context, app: &App, invalid: Invalid) -> Result<Action, Error> {

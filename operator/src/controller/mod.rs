@@ -14,7 +14,10 @@
 //!
 //! Triggers: the resource itself, its owned Deployments/Services/ConfigMaps (only those
 //! labelled `app.kubernetes.io/managed-by=cellmesh-operator` are watched), every Profile it
-//! references (mapped through the controller's own store), and a periodic resync.
+//! references (mapped through the controller's own store), and a periodic resync — every
+//! [`PROGRESS_POLL`] while a rollout is in progress (the status reads Deployments from a
+//! separate watch cache, which may lag the watch that triggered the reconcile by a moment),
+//! every [`RESYNC`] otherwise.
 
 pub mod app;
 pub mod profile;
@@ -28,7 +31,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::apply::Changes;
+use crate::apply::{Caches, Changes};
 use crate::build::workmodel::BuildError;
 use crate::build::{MissingMetadata, Settings};
 use crate::telemetry::Health;
@@ -45,6 +48,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const FULL_APPLY_EVERY: Duration = Duration::from_secs(600);
 /// Periodic resync of every object.
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// Resync while Deployments are rolling out.
+pub const PROGRESS_POLL: Duration = Duration::from_secs(5);
 
 /// A failed reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -85,19 +90,29 @@ pub struct Context {
     pub health: Arc<Health>,
     /// One recorder for all controllers, so repeated Events aggregate.
     pub recorder: Recorder,
+    /// Watch-fed caches of the managed objects.
+    pub caches: Caches,
     full_applies: Mutex<HashMap<String, Instant>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// A context for `client`; `instance` names this replica in Events.
-    pub fn new(client: Client, settings: Settings, health: Arc<Health>, instance: String) -> Self {
+    /// A context for `client`; `instance` names this replica in Events. Starts the caches of
+    /// managed objects in `namespace` (or all); [`run`] waits for them.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        health: Arc<Health>,
+        instance: String,
+        namespace: Option<&str>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "cellmesh-operator".to_owned(),
             instance: Some(instance),
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            caches: Caches::start(&client, namespace),
             client,
             settings,
             health,
@@ -284,6 +299,10 @@ pub async fn run(
     namespace: Option<String>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    if let Err(error) = ctx.caches.wait_until_ready().await {
+        tracing::error!(%error, "the caches of managed objects stopped before they were ready");
+        return;
+    }
     let stop = move || {
         let mut rx = shutdown.clone();
         async move {

@@ -18,7 +18,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{
-    Context, Error, RESYNC, api, error_policy, instrumented, key, log_result, owned_watch,
+    Context, Error, PROGRESS_POLL, RESYNC, api, error_policy, instrumented, key, log_result,
+    owned_watch,
 };
 use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{owner_of, workmodel as build};
@@ -96,21 +97,28 @@ pub async fn reconcile(wm: &WorkModel, ctx: &Context) -> Result<Action, Error> {
 
     // apply + sweep
     let full = ctx.take_full_apply(&key(wm));
-    let applied = apply::apply(&ctx.client, &owner, desired, full).await?;
+    let applied = apply::apply(&ctx.client, &ctx.caches, &owner, desired, full).await?;
     ctx.changes_events(wm, &applied.changes).await;
 
     // status
     let services = build::effective_services(&wm.spec);
-    let rollouts = services
+    let rollouts: BTreeMap<String, (String, status::Rollout)> = services
         .iter()
         .map(|(name, service)| {
             let endpoint = build::endpoint(&owner.namespace, name, &service.spec);
-            let rollout = status::rollout(applied.deployments.get(name));
+            let rollout = status::rollout(applied.deployments.get(name).map(AsRef::as_ref));
             (name.clone(), (endpoint, rollout))
         })
         .collect();
+    let rolled_out = rollouts
+        .values()
+        .all(|(_, r): &(String, status::Rollout)| r.done);
     write_status(ctx, wm, &Outcome::Applied(rollouts)).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if rolled_out {
+        RESYNC
+    } else {
+        PROGRESS_POLL
+    }))
 }
 
 /// Reads the Profiles the services reference. A missing or invalid one makes the spec
@@ -199,4 +207,52 @@ async fn write_status(ctx: &Context, wm: &WorkModel, outcome: &Outcome) -> Resul
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn wm(
+        namespace: &str,
+        name: &str,
+        defaults_profile: Option<&str>,
+        service_profile: Option<&str>,
+    ) -> Arc<WorkModel> {
+        let mut spec = json!({"services": {"a": {"internalService": {"computePi": {}}}}});
+        if let Some(p) = defaults_profile {
+            spec["defaults"] = json!({"profileRef": p});
+        }
+        if let Some(p) = service_profile {
+            spec["services"]["a"]["profileRef"] = json!(p);
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "cellmesh.io/v1alpha1", "kind": "WorkModel",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_profile_maps_to_the_workmodels_of_its_namespace_that_use_it() {
+        let known = [
+            wm("ns", "by-default", Some("fast"), None),
+            wm("ns", "by-service", None, Some("fast")),
+            wm("ns", "overridden", Some("fast"), Some("slow")),
+            wm("other", "elsewhere", Some("fast"), None),
+            wm("ns", "none", None, None),
+        ];
+        let mut profile = Profile::new("fast", Default::default());
+        profile.metadata.namespace = Some("ns".to_owned());
+        let names: Vec<String> = referencing(&known, &profile)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["by-default", "by-service"]);
+    }
 }
