@@ -146,7 +146,7 @@ pub fn stamp<K: Resource + Serialize>(object: &mut K) -> Result<String, serde_js
     if annotations.is_empty() {
         object.meta_mut().annotations = None;
     }
-    let hash = stable_hash(&serde_json::to_value(&*object)?);
+    let hash = stable_hash(&*object)?;
     object
         .meta_mut()
         .annotations

@@ -107,7 +107,7 @@ pub fn build(
         settings,
         args,
         &selector,
-        stable_hash(&document),
+        stable_hash(&document).map_err(|e| BuildError::Render(e.to_string()))?,
     );
     Ok(Desired {
         config_maps: vec![config_map],

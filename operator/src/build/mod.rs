@@ -168,13 +168,23 @@ fn labels(owner: &Owner, name: &str, component: &str) -> BTreeMap<String, String
     ])
 }
 
-/// A stable 64-bit FNV-1a hash of a JSON value, as 16 hex digits. Stable across operator
-/// builds and Rust versions (unlike `DefaultHasher`), so upgrading the operator does not roll
-/// every pod.
-pub fn stable_hash(value: &serde_json::Value) -> String {
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(value.to_string().as_bytes());
-    format!("{:016x}", hasher.finish())
+/// A stable 64-bit FNV-1a hash of a value's JSON form, as 16 hex digits. Stable across
+/// operator builds and Rust versions (unlike `DefaultHasher`), so upgrading the operator does
+/// not roll every pod. The JSON is streamed into the hasher, never built in memory.
+pub fn stable_hash<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    struct Sink(fnv::FnvHasher);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = Sink(fnv::FnvHasher::default());
+    serde_json::to_writer(&mut sink, value)?;
+    Ok(format!("{:016x}", sink.0.finish()))
 }
 
 /// Container resources from the spec's requests and limits.

@@ -150,9 +150,13 @@ pub fn endpoint(namespace: &str, name: &str, spec: &ServiceSpec) -> String {
 
 /// Hash of what the cell of `name` reads at start: its own spec (less replicas and
 /// resources, which never need a restart) and how each of its callees is reached.
-fn spec_hash(name: &str, services: &BTreeMap<String, EffectiveService>) -> String {
+fn spec_hash(
+    name: &str,
+    services: &BTreeMap<String, EffectiveService>,
+) -> Result<String, BuildError> {
+    let render = |e: serde_json::Error| BuildError::Render(e.to_string());
     let Some(own) = services.get(name) else {
-        return stable_hash(&json!(null));
+        return stable_hash(&json!(null)).map_err(render);
     };
     let mut spec = own.spec.clone();
     spec.replicas = None;
@@ -177,7 +181,7 @@ fn spec_hash(name: &str, services: &BTreeMap<String, EffectiveService>) -> Strin
             ))
         })
         .collect();
-    stable_hash(&json!({"spec": spec, "callees": callees}))
+    stable_hash(&json!({"spec": spec, "callees": callees})).map_err(render)
 }
 
 /// The desired objects of `wm`. `profiles` must hold every Profile its services reference
@@ -205,7 +209,7 @@ pub fn build(
             name,
             service,
             entries.contains(name),
-            spec_hash(name, &services),
+            spec_hash(name, &services)?,
         ));
     }
     if wm.spec.gateway.as_ref().is_some_and(|g| g.enabled) {
