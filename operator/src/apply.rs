@@ -122,7 +122,11 @@ where
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, managed_watch()))
+    // managedFields are half of a Deployment's size and never read here.
+    let events = watcher(api, managed_watch()).modify(|object: &mut K| {
+        object.meta_mut().managed_fields = None;
+    });
+    let stream = reflector(writer, events)
         .default_backoff()
         .touched_objects();
     tokio::spawn(async move {
@@ -260,7 +264,8 @@ where
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
-        for (name, live, existed, changed) in results {
+        for (name, mut live, existed, changed) in results {
+            live.meta_mut().managed_fields = None;
             if !existed {
                 changes.created.push(format!("{kind}/{name}"));
             } else if changed {
