@@ -1,6 +1,19 @@
-//! cellmesh's operator. This session's parts: [`crdgen`] (the CRD manifests from the Rust
-//! types) and [`import`] (µBench workmodel files → `WorkModel` resources). The controllers
-//! (`cellmesh-operator run`) come next.
+//! cellmesh's operator.
+//!
+//! - [`run`]: `cellmesh-operator run`, the controllers ([`controller`]) for WorkModels, Apps
+//!   and Profiles, with leader election and the health/metrics endpoints ([`telemetry`]).
+//! - The reconcile pipeline's steps, each its own module: [`validate`] (pure checks),
+//!   [`build`] (pure desired objects), [`apply`] (server-side apply and the orphan sweep) and
+//!   [`status`] (pure conditions).
+//! - [`crdgen`] (the CRD manifests from the Rust types) and [`import`] (µBench workmodel
+//!   files → `WorkModel` resources).
 
+pub mod apply;
+pub mod build;
+pub mod controller;
 pub mod crdgen;
 pub mod import;
+pub mod run;
+pub mod status;
+pub mod telemetry;
+pub mod validate;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use cellmesh_operator::{crdgen, import};
+use cellmesh_operator::{crdgen, import, run};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand};
     about = "cellmesh's Kubernetes operator: WorkModels, Apps, Profiles and ScalingPolicies",
     long_about = "cellmesh's Kubernetes operator: WorkModels, Apps, Profiles and ScalingPolicies \
         (group cellmesh.io).\n\nExamples:\n  \
-        cellmesh-operator import-mubench workmodel.json --name shop | kubectl apply -f -\n  \
-        cellmesh-operator crds | kubectl apply -f -"
+        cellmesh-operator crds | kubectl apply -f -\n  \
+        cellmesh-operator run --leader-election --metrics-addr 0.0.0.0:8080\n  \
+        cellmesh-operator import-mubench workmodel.json --name shop | kubectl apply -f -"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers: WorkModels and Apps become Deployments, Services and ConfigMaps
+    /// of the cell; Profiles are rendered into them. Uses the in-cluster config or
+    /// `KUBECONFIG`.
+    Run(Box<run::RunArgs>),
     /// Convert a µBench workmodel.json into a WorkModel resource (YAML on stdout). Keys
     /// cellmesh does not use are listed on stderr.
     ImportMubench {
@@ -61,6 +66,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(run::run(*args)),
         Command::ImportMubench {
             file,
             name,

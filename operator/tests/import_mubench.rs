@@ -136,8 +136,26 @@ fn help_lists_the_commands_that_exist() {
     let help = text(&out.stdout);
     assert!(help.contains("import-mubench"), "{help}");
     assert!(help.contains("crds"), "{help}");
-    // `run` arrives with the controllers; until then it must not be advertised.
-    assert!(!help.contains("\n  run "), "{help}");
+    assert!(help.contains("\n  run "), "{help}");
+    let out = operator(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for flag in [
+        "--namespace",
+        "--cell-image",
+        "--prometheus-url",
+        "--metrics-addr",
+        "--leader-election",
+        "--log-format",
+    ] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
+    let out = operator(&["run", "--lease-duration", "5", "--lease-grace", "5"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("--lease-grace (5) must be at least 1 and less than --lease-duration (5)")
+    );
     let out = operator(&["crds"]);
     assert!(out.status.success());
     assert_eq!(

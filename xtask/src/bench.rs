@@ -53,6 +53,9 @@ pub enum BenchCommand {
     /// The API server: durable creates/s from 16 kube-rs clients, p99 watch delivery to
     /// 100 watchers, list of 10,000 objects, server RSS — against issue 5's goals.
     Apiserver(crate::bench_apiserver::ApiserverBench),
+    /// The operator: time to apply a 100- and a 1,000-service WorkModel (objects and
+    /// status), the cost of a no-op reconcile, and the operator's memory.
+    Operator(crate::bench_operator::OperatorBench),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +91,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Cell(args) => bench_cell(&args),
         BenchCommand::Engine(args) => crate::bench_engine::run(&args),
         BenchCommand::Apiserver(args) => crate::bench_apiserver::run(&args),
+        BenchCommand::Operator(args) => crate::bench_operator::bench_operator(&args),
     }
 }
 

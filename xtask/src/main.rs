@@ -4,6 +4,7 @@
 mod bench;
 mod bench_apiserver;
 mod bench_engine;
+mod bench_operator;
 mod bench_parse;
 mod bench_procs;
 mod crdgen;
