@@ -3,4 +3,5 @@
 //! (`cellmesh-operator run`) come next.
 
 pub mod crdgen;
+pub mod guardian;
 pub mod import;
