@@ -5,3 +5,4 @@
 pub mod crdgen;
 pub mod guardian;
 pub mod import;
+pub mod usage;
