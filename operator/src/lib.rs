@@ -5,4 +5,5 @@
 pub mod crdgen;
 pub mod guardian;
 pub mod import;
+pub mod scaler;
 pub mod usage;
