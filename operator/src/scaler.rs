@@ -23,16 +23,13 @@ pub const POD_RESIZE_PENDING: &str = "PodResizePending";
 /// Pod condition: an admitted resize not yet in force (reason `Error` on failure).
 pub const POD_RESIZE_IN_PROGRESS: &str = "PodResizeInProgress";
 
+/// A container's `requests` or `limits` in a patch.
+type JsonMap = serde_json::Map<String, Value>;
+
 /// The strategic-merge patch for `pods/resize` that carries out a decision: the changed
 /// resources of every container, requests and limits together.
 pub fn resize_patch(decisions: &[&Decision]) -> Value {
-    let mut containers: BTreeMap<
-        &str,
-        (
-            serde_json::Map<String, Value>,
-            serde_json::Map<String, Value>,
-        ),
-    > = BTreeMap::new();
+    let mut containers: BTreeMap<&str, (JsonMap, JsonMap)> = BTreeMap::new();
     for decision in decisions {
         let (requests, limits) = containers.entry(&decision.key.container).or_default();
         for change in &decision.changes {
