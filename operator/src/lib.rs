@@ -6,4 +6,5 @@ pub mod crdgen;
 pub mod guardian;
 pub mod import;
 pub mod scaler;
+pub mod scaling;
 pub mod usage;

@@ -84,7 +84,9 @@ pub enum Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::UpEvents(1) => f.write_str("1 up event"),
             Self::UpEvents(n) => write!(f, "{n} up events"),
+            Self::DownEvents(1) => f.write_str("1 down event"),
             Self::DownEvents(n) => write!(f, "{n} down events"),
             Self::OomKilled => f.write_str("out-of-memory kill"),
         }
@@ -133,6 +135,10 @@ pub struct ResourceReport {
     pub usage: Option<f64>,
     pub request: Option<f64>,
     pub limit: Option<f64>,
+    /// Usage above this is an up event (`upper` × limit).
+    pub upper: Option<f64>,
+    /// Usage below this is a down event (`lower` × limit).
+    pub lower: Option<f64>,
     pub up_events: u32,
     pub down_events: u32,
     /// The limit the Guardian would set now (the current one when it would do nothing).
@@ -292,6 +298,8 @@ impl Guardian {
                         .insert(resource.into(), report);
                     continue;
                 };
+                report.upper = Some(bounds.upper * limit);
+                report.lower = Some(bounds.lower * limit);
                 let events = memory.events(resource);
                 events.forget_before(now.saturating_sub(timeout));
                 if let Some(usage) = observed.usage {
