@@ -7,4 +7,5 @@ pub mod crd;
 pub mod mubench;
 pub mod pipeline;
 pub mod profile;
+pub mod quantity;
 pub mod service;

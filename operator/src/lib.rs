@@ -5,6 +5,9 @@
 //! - The reconcile pipeline's steps, each its own module: [`validate`] (pure checks),
 //!   [`build`] (pure desired objects), [`apply`] (server-side apply and the orphan sweep) and
 //!   [`status`] (pure conditions).
+//! - Vertical scaling: [`guardian`] (the pure decision loop), [`usage`] (Prometheus),
+//!   [`scaler`] (`pods/resize` patches and their outcome) and [`scaling`] (the
+//!   ScalingPolicy controller).
 //! - [`crdgen`] (the CRD manifests from the Rust types) and [`import`] (µBench workmodel
 //!   files → `WorkModel` resources).
 
@@ -12,8 +15,12 @@ pub mod apply;
 pub mod build;
 pub mod controller;
 pub mod crdgen;
+pub mod guardian;
 pub mod import;
 pub mod run;
+pub mod scaler;
+pub mod scaling;
 pub mod status;
 pub mod telemetry;
+pub mod usage;
 pub mod validate;

@@ -1,0 +1,476 @@
+//! The Guardian: Serverless Containers' decision loop as pure code. Given a ScalingPolicy,
+//! what each targeted container used over the last window and its current requests and
+//! limits, it decides which containers to resize and to what. No I/O: the controller feeds
+//! it observations and carries out its [`Decision`]s through `pods/resize`.
+//!
+//! Per container and guarded resource, every tick:
+//! 1. usage above `upper` × limit is an up event, below `lower` × limit a down event;
+//!    events older than the policy's event timeout are forgotten;
+//! 2. `upEvents` up events → scale up; `downEvents` down events and no up event → scale down
+//!    (the asymmetry is the hysteresis: one busy window vetoes shrinking);
+//! 3. the new limit comes from the action (`amount`, `proportional`, `fitToUsage`), guarded
+//!    so that the same usage is inside the band at the new limit (see [`rescale`]), clamped
+//!    to [`min`, `max`] and, for memory, never below usage;
+//! 4. an out-of-memory kill bumps memory at once (VPA's rule: max(factor × limit, limit +
+//!    min)), regardless of events and cooldown;
+//! 5. at most one resize per container per `cooldown`; a resize clears that resource's
+//!    events (Serverless Containers' `events_to_remove`);
+//! 6. requests follow limits at their original ratio, so the QoS class never changes;
+//! 7. with a `budget`, increases are trimmed so the targeted containers' limits never sum
+//!    above it: the headroom left is shared in proportion to each container's demand.
+//!
+//! The Guardian assumes that what it decides is applied: with `mode: Off` the controller
+//! still calls [`Guardian::tick`] and reports the recommendations.
+
+pub mod rescale;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use cellmesh_api::crd::scaling::{Resource, ScalingPolicySpec};
+use cellmesh_api::quantity::{self, QuantityError};
+use cellmesh_api::service::Quantity;
+
+use rescale::Bounds;
+
+/// A container of a targeted pod.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerKey {
+    pub pod: String,
+    pub container: String,
+}
+
+impl ContainerKey {
+    pub fn new(pod: &str, container: &str) -> Self {
+        Self {
+            pod: pod.to_owned(),
+            container: container.to_owned(),
+        }
+    }
+}
+
+/// One resource of one container as measured and as configured, in base units.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// Average usage over the last window; `None` when the metric has no sample yet.
+    pub usage: Option<f64>,
+    /// The container's request, if it has one.
+    pub request: Option<f64>,
+    /// The container's limit; without one there is nothing to scale.
+    pub limit: Option<f64>,
+}
+
+/// What the controller knows about one container at a tick.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observation {
+    pub cpu: Observed,
+    pub memory: Observed,
+    /// Identifies the container's most recent out-of-memory kill (e.g. its `finishedAt`),
+    /// `None` if it never had one. A value the Guardian has not seen before bumps memory.
+    pub last_oom: Option<String>,
+}
+
+/// Why a resize was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// That many up events within the event timeout.
+    UpEvents(u32),
+    /// That many down events within the event timeout, and no up event.
+    DownEvents(u32),
+    /// The container was killed for running out of memory.
+    OomKilled,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UpEvents(1) => f.write_str("1 up event"),
+            Self::UpEvents(n) => write!(f, "{n} up events"),
+            Self::DownEvents(1) => f.write_str("1 down event"),
+            Self::DownEvents(n) => write!(f, "{n} down events"),
+            Self::OomKilled => f.write_str("out-of-memory kill"),
+        }
+    }
+}
+
+/// A request and limit pair as Kubernetes quantities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub request: Option<Quantity>,
+    pub limit: Quantity,
+}
+
+/// One resource of one container to resize.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub resource: Resource,
+    pub from: Size,
+    pub to: Size,
+    pub reason: Reason,
+}
+
+impl Change {
+    /// `cpu 500m→1250m (2 up events)`, for status, Events and logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}→{} ({})",
+            self.resource.field(),
+            self.from.limit,
+            self.to.limit,
+            self.reason
+        )
+    }
+}
+
+/// A resize of one container: every resource that changes, applied together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub key: ContainerKey,
+    pub changes: Vec<Change>,
+}
+
+/// What the Guardian saw of one resource, for the policy's status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceReport {
+    pub usage: Option<f64>,
+    pub request: Option<f64>,
+    pub limit: Option<f64>,
+    /// Usage above this is an up event (`upper` × limit).
+    pub upper: Option<f64>,
+    /// Usage below this is a down event (`lower` × limit).
+    pub lower: Option<f64>,
+    pub up_events: u32,
+    pub down_events: u32,
+    /// The limit the Guardian would set now (the current one when it would do nothing).
+    pub recommendation: Option<f64>,
+    /// Why nothing can be done, e.g. the container has no limit.
+    pub note: Option<&'static str>,
+}
+
+/// A tick's result.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tick {
+    /// Resizes to carry out, one per container, in container order.
+    pub decisions: Vec<Decision>,
+    /// Per observed container and guarded resource.
+    pub reports: BTreeMap<ContainerKey, BTreeMap<ResourceName, ResourceReport>>,
+}
+
+/// Resource names in report order (`cpu` before `memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceName {
+    Cpu,
+    Memory,
+}
+
+impl From<Resource> for ResourceName {
+    fn from(resource: Resource) -> Self {
+        match resource {
+            Resource::Cpu => Self::Cpu,
+            Resource::Memory => Self::Memory,
+        }
+    }
+}
+
+/// A policy the Guardian cannot evaluate (admission should have refused it).
+#[derive(Debug, thiserror::Error)]
+#[error("spec.{field}: {source}")]
+pub struct PolicyError {
+    field: String,
+    source: QuantityError,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Events {
+    seen: VecDeque<(Duration, Direction)>,
+}
+
+impl Events {
+    fn forget_before(&mut self, cutoff: Duration) {
+        while self.seen.front().is_some_and(|&(at, _)| at < cutoff) {
+            self.seen.pop_front();
+        }
+    }
+
+    fn count(&self, direction: Direction) -> u32 {
+        let n = self.seen.iter().filter(|&&(_, d)| d == direction).count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Memory {
+    cpu: Events,
+    memory: Events,
+    last_resize: Option<Duration>,
+    handled_oom: Option<String>,
+}
+
+impl Memory {
+    fn events(&mut self, resource: Resource) -> &mut Events {
+        match resource {
+            Resource::Cpu => &mut self.cpu,
+            Resource::Memory => &mut self.memory,
+        }
+    }
+}
+
+/// The Guardian of one ScalingPolicy: remembers events and cooldowns between ticks.
+#[derive(Clone, Debug, Default)]
+pub struct Guardian {
+    containers: BTreeMap<ContainerKey, Memory>,
+}
+
+/// A resize wanted for one resource, before the budget is applied.
+struct Wanted {
+    key: ContainerKey,
+    resource: Resource,
+    observed: Observed,
+    limit: f64,
+    target: f64,
+    reason: Reason,
+}
+
+impl Guardian {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Evaluates one tick at time `now` (any monotonic clock, the same for every call).
+    /// Containers missing from `observations` are forgotten (their pods are gone).
+    pub fn tick(
+        &mut self,
+        policy: &ScalingPolicySpec,
+        now: Duration,
+        observations: &BTreeMap<ContainerKey, Observation>,
+    ) -> Result<Tick, PolicyError> {
+        self.containers
+            .retain(|key, _| observations.contains_key(key));
+        let mut tick = Tick::default();
+        let mut wanted = Vec::new();
+        for resource in [Resource::Cpu, Resource::Memory] {
+            let Some(resource_policy) = policy.resource(resource) else {
+                continue;
+            };
+            let bounds = Bounds::from_policy(resource_policy).map_err(|source| PolicyError {
+                field: format!("{}.min/max", resource.field()),
+                source,
+            })?;
+            let timeout = policy.event_timeout(resource).unwrap_or_default();
+            let up_needed = resource_policy.up_events;
+            let down_needed = resource_policy.down_events(resource);
+            let scale_up = resource_policy.scale_up(resource);
+            let scale_down = resource_policy.scale_down();
+            let oom = match (resource, &resource_policy.oom_bump) {
+                (Resource::Memory, Some(bump)) => Some((
+                    bump.factor,
+                    bump.min.value().map_err(|source| PolicyError {
+                        field: "memory.oomBump.min".into(),
+                        source,
+                    })?,
+                )),
+                (Resource::Memory, None) => Some((1.2, 100.0 * 1024.0 * 1024.0)),
+                (Resource::Cpu, _) => None,
+            };
+            for (key, observation) in observations {
+                let observed = match resource {
+                    Resource::Cpu => observation.cpu,
+                    Resource::Memory => observation.memory,
+                };
+                let memory = self.containers.entry(key.clone()).or_default();
+                let mut report = ResourceReport {
+                    usage: observed.usage,
+                    request: observed.request,
+                    limit: observed.limit,
+                    ..ResourceReport::default()
+                };
+                let Some(limit) = observed.limit.filter(|l| *l > 0.0) else {
+                    report.note = Some("the container has no limit to scale");
+                    tick.reports
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(resource.into(), report);
+                    continue;
+                };
+                report.upper = Some(bounds.upper * limit);
+                report.lower = Some(bounds.lower * limit);
+                let events = memory.events(resource);
+                events.forget_before(now.saturating_sub(timeout));
+                if let Some(usage) = observed.usage {
+                    if usage > bounds.upper * limit {
+                        events.seen.push_back((now, Direction::Up));
+                    } else if usage < bounds.lower * limit {
+                        events.seen.push_back((now, Direction::Down));
+                    }
+                }
+                let (ups, downs) = (events.count(Direction::Up), events.count(Direction::Down));
+                report.up_events = ups;
+                report.down_events = downs;
+                let usage = observed.usage.unwrap_or(0.0);
+                let new_oom =
+                    observation.last_oom.is_some() && observation.last_oom != memory.handled_oom;
+                let decided = match oom {
+                    Some((factor, min_bump)) if new_oom => Some((
+                        rescale::oom_bump(&bounds, factor, min_bump, limit),
+                        Reason::OomKilled,
+                    )),
+                    _ if observed.usage.is_some() && ups >= up_needed => Some((
+                        rescale::scale_up(resource, &scale_up, &bounds, limit, usage),
+                        Reason::UpEvents(ups),
+                    )),
+                    _ if observed.usage.is_some() && downs >= down_needed && ups == 0 => Some((
+                        rescale::scale_down(resource, &scale_down, &bounds, limit, usage),
+                        Reason::DownEvents(downs),
+                    )),
+                    _ => None,
+                };
+                if new_oom && resource == Resource::Memory {
+                    memory.handled_oom.clone_from(&observation.last_oom);
+                }
+                report.recommendation = Some(decided.as_ref().map_or(limit, |(t, _)| *t));
+                tick.reports
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(resource.into(), report);
+                let Some((target, reason)) = decided else {
+                    continue;
+                };
+                let cooling = memory
+                    .last_resize
+                    .is_some_and(|at| now.saturating_sub(at) < policy.cooldown.get());
+                if on_grid_equal(resource, target, limit)
+                    || (cooling && reason != Reason::OomKilled)
+                {
+                    continue;
+                }
+                wanted.push(Wanted {
+                    key: key.clone(),
+                    resource,
+                    observed,
+                    limit,
+                    target,
+                    reason,
+                });
+            }
+        }
+        apply_budget(policy, observations, &mut wanted);
+        let mut by_container: BTreeMap<ContainerKey, Vec<Change>> = BTreeMap::new();
+        for w in wanted {
+            if on_grid_equal(w.resource, w.target, w.limit) {
+                continue;
+            }
+            let memory = self.containers.entry(w.key.clone()).or_default();
+            memory.last_resize = Some(now);
+            memory.events(w.resource).seen.clear();
+            by_container
+                .entry(w.key)
+                .or_default()
+                .push(change(w.resource, w.observed, w.limit, w.target, w.reason));
+        }
+        tick.decisions = by_container
+            .into_iter()
+            .map(|(key, changes)| Decision { key, changes })
+            .collect();
+        Ok(tick)
+    }
+}
+
+fn on_grid_equal(resource: Resource, a: f64, b: f64) -> bool {
+    (a - b).abs() < rescale::grid(resource) / 2.0
+}
+
+fn format(resource: Resource, value: f64) -> Quantity {
+    match resource {
+        Resource::Cpu => quantity::cpu(value),
+        Resource::Memory => quantity::memory(value),
+    }
+}
+
+fn change(
+    resource: Resource,
+    observed: Observed,
+    limit: f64,
+    target: f64,
+    reason: Reason,
+) -> Change {
+    let request = observed.request;
+    Change {
+        resource,
+        from: Size {
+            request: request.map(|r| format(resource, r)),
+            limit: format(resource, limit),
+        },
+        to: Size {
+            request: request.map(|r| {
+                format(
+                    resource,
+                    rescale::scaled_request(resource, r, limit, target),
+                )
+            }),
+            limit: format(resource, target),
+        },
+        reason,
+    }
+}
+
+/// Trims increases so the targeted containers' limits sum to at most the budget. Decreases
+/// and unchanged containers keep their new limits; the headroom left under the budget goes
+/// to the increases in proportion to what each asked for. When the containers already sum
+/// above the budget, nothing grows.
+fn apply_budget(
+    policy: &ScalingPolicySpec,
+    observations: &BTreeMap<ContainerKey, Observation>,
+    wanted: &mut [Wanted],
+) {
+    let Some(budget) = &policy.budget else { return };
+    for resource in [Resource::Cpu, Resource::Memory] {
+        let cap = match resource {
+            Resource::Cpu => budget.cpu.as_ref(),
+            Resource::Memory => budget.memory.as_ref(),
+        };
+        let Some(cap) = cap.and_then(|q| q.value().ok()) else {
+            continue;
+        };
+        // The sum after this tick if no increase happened.
+        let mut committed = 0.0;
+        for (key, observation) in observations {
+            let observed = match resource {
+                Resource::Cpu => observation.cpu,
+                Resource::Memory => observation.memory,
+            };
+            let current = observed.limit.unwrap_or(0.0);
+            let next = wanted
+                .iter()
+                .find(|w| w.resource == resource && &w.key == key)
+                .map_or(current, |w| w.target.min(current));
+            committed += next;
+        }
+        let asked: f64 = wanted
+            .iter()
+            .filter(|w| w.resource == resource && w.target > w.limit)
+            .map(|w| w.target - w.limit)
+            .sum();
+        let headroom = (cap - committed).max(0.0);
+        if asked <= headroom {
+            continue;
+        }
+        let share = headroom / asked;
+        for w in wanted
+            .iter_mut()
+            .filter(|w| w.resource == resource && w.target > w.limit)
+        {
+            // Rounded down so the shares never add up above the headroom.
+            w.target =
+                rescale::round_down(resource, w.limit + (w.target - w.limit) * share).max(w.limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

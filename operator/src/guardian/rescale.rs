@@ -1,0 +1,240 @@
+//! One resource of one container: from the current limit, the usage and the policy to the
+//! next limit. Pure arithmetic in base units (cores, bytes).
+//!
+//! Two guards make the Guardian converge where a literal reading of a policy would
+//! oscillate: a scale-down never goes below the limit at which the current usage would be an
+//! up event, and a scale-up never goes above the limit at which it would be a down event.
+//! Serverless Containers gets the same effect by rebuilding its band around `current`; here
+//! the band is a fraction of the limit, so the guard is explicit.
+
+use cellmesh_api::crd::scaling::{RescalePolicy, Resource, ResourcePolicy, ScaleAction};
+use cellmesh_api::quantity;
+
+/// Smallest step a limit moves by: 1 millicore or 1 MiB. Limits are kept on this grid.
+pub fn grid(resource: Resource) -> f64 {
+    match resource {
+        Resource::Cpu => 0.001,
+        Resource::Memory => 1024.0 * 1024.0,
+    }
+}
+
+/// `value` rounded up to the resource's grid.
+pub fn round_up(resource: Resource, value: f64) -> f64 {
+    let step = grid(resource);
+    // The small slack keeps values already on the grid (up to float noise) where they are.
+    ((value / step) - 1e-9).ceil() * step
+}
+
+/// `value` rounded down to the resource's grid.
+pub fn round_down(resource: Resource, value: f64) -> f64 {
+    let step = grid(resource);
+    ((value / step) + 1e-9).floor() * step
+}
+
+/// The policy's numbers, parsed once per tick.
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    pub min: f64,
+    pub max: f64,
+    pub upper: f64,
+    pub lower: f64,
+}
+
+impl Bounds {
+    pub fn from_policy(policy: &ResourcePolicy) -> Result<Self, quantity::QuantityError> {
+        Ok(Self {
+            min: policy.min.value()?,
+            max: policy.max.value()?,
+            upper: policy.upper,
+            lower: policy.lower,
+        })
+    }
+
+    /// `value` clamped to [min, max] and put on the grid inside that range.
+    pub fn clamp(&self, resource: Resource, value: f64) -> f64 {
+        let min = round_up(resource, self.min);
+        let max = round_down(resource, self.max).max(min);
+        round_up(resource, value).clamp(min, max)
+    }
+}
+
+/// The limit a scale-up or scale-down step would set, before clamping.
+pub fn step(action: &ScaleAction, limit: f64, usage: f64, up: bool) -> f64 {
+    match action.policy {
+        RescalePolicy::Amount => {
+            let amount = action
+                .amount
+                .as_ref()
+                .and_then(|a| a.value().ok())
+                .unwrap_or(0.0)
+                .abs();
+            if up { limit + amount } else { limit - amount }
+        }
+        RescalePolicy::Proportional => limit * action.factor.unwrap_or(1.0),
+        RescalePolicy::FitToUsage => {
+            let margin = action
+                .margin
+                .unwrap_or(cellmesh_api::crd::scaling::DEFAULT_FIT_MARGIN);
+            usage * (1.0 + margin)
+        }
+    }
+}
+
+/// The next limit after a scale-up: the policy's step, capped so the usage is not a down
+/// event at the new limit, clamped to [min, max].
+pub fn scale_up(
+    resource: Resource,
+    action: &ScaleAction,
+    bounds: &Bounds,
+    limit: f64,
+    usage: f64,
+) -> f64 {
+    let wanted = bounds.clamp(resource, step(action, limit, usage, true));
+    if bounds.lower > 0.0 && usage > 0.0 {
+        let ceiling = round_down(resource, usage / bounds.lower);
+        if wanted > ceiling {
+            // Still above the current limit: up events mean usage > upper × limit, so the
+            // ceiling usage / lower lies above the limit whenever lower < upper.
+            return bounds.clamp(resource, ceiling.max(limit));
+        }
+    }
+    wanted
+}
+
+/// The next limit after a scale-down: the policy's step, floored so the usage is not an up
+/// event at the new limit (and, for memory, never below the usage), clamped to [min, max].
+pub fn scale_down(
+    resource: Resource,
+    action: &ScaleAction,
+    bounds: &Bounds,
+    limit: f64,
+    usage: f64,
+) -> f64 {
+    let mut wanted = step(action, limit, usage, false);
+    if bounds.upper > 0.0 {
+        wanted = wanted.max(usage / bounds.upper);
+    }
+    if resource == Resource::Memory {
+        wanted = wanted.max(usage);
+    }
+    bounds.clamp(resource, wanted.min(limit))
+}
+
+/// The memory limit after an out-of-memory kill: max(factor × limit, limit + min bump),
+/// clamped to [min, max].
+pub fn oom_bump(bounds: &Bounds, factor: f64, min_bump: f64, limit: f64) -> f64 {
+    bounds.clamp(Resource::Memory, (limit * factor).max(limit + min_bump))
+}
+
+/// The request that keeps the original request:limit ratio at the new limit, so the pod's
+/// QoS class stays what it was: equal stays equal (Guaranteed), below stays below.
+pub fn scaled_request(resource: Resource, request: f64, limit: f64, new_limit: f64) -> f64 {
+    if limit <= 0.0 || (request - limit).abs() <= grid(resource) / 2.0 {
+        return new_limit;
+    }
+    let scaled = round_up(resource, request * new_limit / limit).max(grid(resource));
+    // Strictly below the limit, or a Burstable pod could become Guaranteed.
+    scaled.min(new_limit - grid(resource)).max(grid(resource))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(min: f64, max: f64) -> Bounds {
+        Bounds {
+            min,
+            max,
+            upper: 0.8,
+            lower: 0.4,
+        }
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn amount_up_adds_the_step_within_max() {
+        let action = ScaleAction::amount("750m");
+        let b = bounds(0.1, 2.0);
+        // 0.45 / 0.4 = 1.125 caps 1.25: at 1.25 the usage would be a down event.
+        assert!(close(
+            scale_up(Resource::Cpu, &action, &b, 0.5, 0.45),
+            1.125
+        ));
+        // max caps 2.25.
+        assert!(close(scale_up(Resource::Cpu, &action, &b, 1.5, 1.4), 2.0));
+    }
+
+    #[test]
+    fn fit_to_usage_down_lands_usage_inside_the_band() {
+        let b = bounds(0.1, 4.0);
+        let new = scale_down(Resource::Cpu, &ScaleAction::fit_to_usage(), &b, 2.0, 0.3);
+        assert!(close(new, 0.45), "{new}");
+        let ratio = 0.3 / new;
+        assert!(ratio > b.lower && ratio < b.upper);
+    }
+
+    #[test]
+    fn down_never_below_the_up_threshold_nor_below_min() {
+        let b = bounds(0.25, 4.0);
+        let big_step = ScaleAction::amount("3");
+        // 1.0 usage: below 1.25 the usage would be an up event.
+        assert!(close(
+            scale_down(Resource::Cpu, &big_step, &b, 3.0, 1.0),
+            1.25
+        ));
+        assert!(close(
+            scale_down(Resource::Cpu, &big_step, &b, 3.0, 0.0),
+            0.25
+        ));
+    }
+
+    #[test]
+    fn memory_never_below_usage() {
+        let b = Bounds {
+            min: 0.0,
+            max: 8e9,
+            upper: 1.0,
+            lower: 0.1,
+        };
+        let mi = 1024.0 * 1024.0;
+        let new = scale_down(
+            Resource::Memory,
+            &ScaleAction::amount("1Gi"),
+            &b,
+            1200.0 * mi,
+            700.0 * mi,
+        );
+        assert!(new >= 700.0 * mi, "{new}");
+    }
+
+    #[test]
+    fn oom_bump_is_factor_or_minimum_whichever_is_more() {
+        let mi = 1024.0 * 1024.0;
+        let b = bounds(0.0, 64.0 * 1024.0 * mi);
+        assert!(close(oom_bump(&b, 1.2, 100.0 * mi, 200.0 * mi), 300.0 * mi));
+        assert!(close(
+            oom_bump(&b, 1.2, 100.0 * mi, 1000.0 * mi),
+            1200.0 * mi
+        ));
+    }
+
+    #[test]
+    fn requests_keep_their_ratio_and_the_qos_class() {
+        // Guaranteed stays Guaranteed.
+        assert!(close(scaled_request(Resource::Cpu, 0.5, 0.5, 1.25), 1.25));
+        // Burstable at 1:2 stays 1:2.
+        assert!(close(scaled_request(Resource::Cpu, 0.25, 0.5, 1.0), 0.5));
+        // Burstable never rounds up into equality.
+        assert!(scaled_request(Resource::Cpu, 0.999, 1.0, 0.002) < 0.002);
+    }
+
+    #[test]
+    fn grid_rounding() {
+        assert!(close(round_up(Resource::Cpu, 0.0301), 0.031));
+        assert!(close(round_up(Resource::Cpu, 0.03), 0.03));
+        assert!(close(round_down(Resource::Cpu, 0.0309), 0.03));
+    }
+}

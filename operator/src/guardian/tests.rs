@@ -1,0 +1,476 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cellmesh_api::crd::scaling::{Budget, ResourcePolicy, ScaleAction, ScalingPolicySpec};
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+const MI: f64 = 1024.0 * 1024.0;
+
+fn spec(value: serde_json::Value) -> ScalingPolicySpec {
+    let mut value = value;
+    value["targetRef"] = json!({"kind": "WorkModel", "name": "shop"});
+    serde_json::from_value(value).unwrap()
+}
+
+/// Serverless Containers' defaults on CPU: 2 up events → +750m; 6 down events → fit to usage.
+fn cpu_policy() -> ScalingPolicySpec {
+    spec(json!({"cpu": {"min": "100m", "max": "4"}, "cooldown": "0s"}))
+}
+
+fn cpu(usage: f64, limit: f64) -> Observation {
+    Observation {
+        cpu: Observed {
+            usage: Some(usage),
+            request: Some(limit / 2.0),
+            limit: Some(limit),
+        },
+        ..Observation::default()
+    }
+}
+
+fn one(key: &ContainerKey, observation: Observation) -> BTreeMap<ContainerKey, Observation> {
+    BTreeMap::from([(key.clone(), observation)])
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn two_up_events_add_the_default_amount() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("s0-abc", "cell");
+    let mut guardian = Guardian::new();
+    let first = guardian
+        .tick(&policy, secs(10), &one(&key, cpu(0.9, 1.0)))
+        .unwrap();
+    assert!(first.decisions.is_empty(), "one up event is not enough");
+    assert_eq!(first.reports[&key][&ResourceName::Cpu].up_events, 1);
+    let second = guardian
+        .tick(&policy, secs(20), &one(&key, cpu(0.9, 1.0)))
+        .unwrap();
+    assert_eq!(second.decisions.len(), 1);
+    let change = &second.decisions[0].changes[0];
+    assert_eq!(change.to.limit.0, "1750m");
+    // The request keeps its 1:2 ratio: Burstable stays Burstable.
+    assert_eq!(change.from.request.as_ref().unwrap().0, "500m");
+    assert_eq!(change.to.request.as_ref().unwrap().0, "875m");
+    assert_eq!(change.reason, Reason::UpEvents(2));
+    assert_eq!(change.describe(), "cpu 1→1750m (2 up events)");
+    // Events were consumed by the action.
+    let third = guardian
+        .tick(&policy, secs(30), &one(&key, cpu(0.9, 1.75)))
+        .unwrap();
+    assert!(third.decisions.is_empty());
+    assert_eq!(third.reports[&key][&ResourceName::Cpu].up_events, 0);
+}
+
+#[test]
+fn six_down_events_fit_the_limit_to_usage() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("s0-abc", "cell");
+    let mut guardian = Guardian::new();
+    for i in 1..=5 {
+        let tick = guardian
+            .tick(&policy, secs(10 * i), &one(&key, cpu(0.2, 2.0)))
+            .unwrap();
+        assert!(tick.decisions.is_empty(), "tick {i}");
+    }
+    let sixth = guardian
+        .tick(&policy, secs(60), &one(&key, cpu(0.2, 2.0)))
+        .unwrap();
+    let change = &sixth.decisions[0].changes[0];
+    // usage × (1 + 0.5) = 300m: usage sits at 67% of the new limit, inside the band.
+    assert_eq!(change.to.limit.0, "300m");
+    assert_eq!(change.reason, Reason::DownEvents(6));
+}
+
+#[test]
+fn one_busy_window_vetoes_shrinking() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    let mut t = 0;
+    let mut step = |usage: f64| {
+        t += 10;
+        guardian
+            .tick(&policy, secs(t), &one(&key, cpu(usage, 2.0)))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert!(step(0.2).decisions.is_empty());
+    }
+    assert!(step(1.9).decisions.is_empty(), "a single up event");
+    for _ in 0..3 {
+        assert!(
+            step(0.2).decisions.is_empty(),
+            "the up event is still remembered"
+        );
+    }
+}
+
+#[test]
+fn old_events_are_forgotten() {
+    let policy = cpu_policy(); // event timeout = max(2, 6) × 10s = 60s
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    assert!(
+        guardian
+            .tick(&policy, secs(0), &one(&key, cpu(0.95, 1.0)))
+            .unwrap()
+            .decisions
+            .is_empty()
+    );
+    let later = guardian
+        .tick(&policy, secs(61), &one(&key, cpu(0.95, 1.0)))
+        .unwrap();
+    assert!(later.decisions.is_empty(), "the first event expired");
+    assert_eq!(later.reports[&key][&ResourceName::Cpu].up_events, 1);
+}
+
+#[test]
+fn cooldown_spaces_resizes() {
+    let policy = spec(json!({
+        "cpu": {"min": "100m", "max": "8", "upEvents": 1},
+        "cooldown": "30s"
+    }));
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    let first = guardian
+        .tick(&policy, secs(10), &one(&key, cpu(1.0, 1.0)))
+        .unwrap();
+    assert_eq!(first.decisions.len(), 1);
+    let held = guardian
+        .tick(&policy, secs(20), &one(&key, cpu(1.75, 1.75)))
+        .unwrap();
+    assert!(held.decisions.is_empty(), "within the cooldown");
+    assert_eq!(
+        held.reports[&key][&ResourceName::Cpu].recommendation,
+        Some(2.5),
+        "the recommendation is still reported"
+    );
+    let after = guardian
+        .tick(&policy, secs(41), &one(&key, cpu(1.75, 1.75)))
+        .unwrap();
+    assert_eq!(after.decisions.len(), 1);
+}
+
+#[test]
+fn limits_stay_within_min_and_max() {
+    let policy = spec(
+        json!({"cpu": {"min": "500m", "max": "1200m", "upEvents": 1, "downEvents": 1}, "cooldown": "0s"}),
+    );
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    let up = guardian
+        .tick(&policy, secs(10), &one(&key, cpu(1.0, 1.0)))
+        .unwrap();
+    assert_eq!(up.decisions[0].changes[0].to.limit.0, "1200m");
+    let capped = guardian
+        .tick(&policy, secs(20), &one(&key, cpu(1.2, 1.2)))
+        .unwrap();
+    assert!(capped.decisions.is_empty(), "already at max");
+    // The up event seen at max (t=20) vetoes shrinking until it expires (timeout 10s).
+    let vetoed = guardian
+        .tick(&policy, secs(30), &one(&key, cpu(0.0, 1.2)))
+        .unwrap();
+    assert!(vetoed.decisions.is_empty());
+    let down = guardian
+        .tick(&policy, secs(31), &one(&key, cpu(0.0, 1.2)))
+        .unwrap();
+    assert_eq!(down.decisions[0].changes[0].to.limit.0, "500m");
+}
+
+#[test]
+fn an_oom_kill_bumps_memory_at_once_and_only_once() {
+    let policy = spec(json!({"memory": {"min": "64Mi", "max": "4Gi"}, "cooldown": "1h"}));
+    let key = ContainerKey::new("p", "c");
+    let observation = |oom: Option<&str>| Observation {
+        memory: Observed {
+            usage: Some(100.0 * MI),
+            request: Some(256.0 * MI),
+            limit: Some(256.0 * MI),
+        },
+        last_oom: oom.map(str::to_owned),
+        ..Observation::default()
+    };
+    let mut guardian = Guardian::new();
+    assert!(
+        guardian
+            .tick(&policy, secs(0), &one(&key, observation(None)))
+            .unwrap()
+            .decisions
+            .is_empty()
+    );
+    let bumped = guardian
+        .tick(
+            &policy,
+            secs(5),
+            &one(&key, observation(Some("2026-11-23T10:00:00Z"))),
+        )
+        .unwrap();
+    let change = &bumped.decisions[0].changes[0];
+    // max(1.2 × 256Mi, 256Mi + 100Mi) = 356Mi; Guaranteed memory stays Guaranteed.
+    assert_eq!(change.to.limit.0, "356Mi");
+    assert_eq!(change.to.request.as_ref().unwrap().0, "356Mi");
+    assert_eq!(change.reason, Reason::OomKilled);
+    let same = guardian
+        .tick(
+            &policy,
+            secs(10),
+            &one(&key, observation(Some("2026-11-23T10:00:00Z"))),
+        )
+        .unwrap();
+    assert!(same.decisions.is_empty(), "the same kill is handled once");
+    let again = guardian
+        .tick(
+            &policy,
+            secs(15),
+            &one(&key, observation(Some("2026-11-23T10:00:09Z"))),
+        )
+        .unwrap();
+    assert_eq!(
+        again.decisions.len(),
+        1,
+        "a new kill bumps again, cooldown or not"
+    );
+}
+
+#[test]
+fn a_container_without_limit_is_reported_not_scaled() {
+    let key = ContainerKey::new("p", "c");
+    let observation = Observation {
+        cpu: Observed {
+            usage: Some(3.0),
+            request: None,
+            limit: None,
+        },
+        ..Observation::default()
+    };
+    let tick = Guardian::new()
+        .tick(&cpu_policy(), secs(1), &one(&key, observation))
+        .unwrap();
+    assert!(tick.decisions.is_empty());
+    assert!(tick.reports[&key][&ResourceName::Cpu].note.is_some());
+}
+
+#[test]
+fn budget_shares_headroom_in_proportion_to_demand() {
+    let mut policy = spec(
+        json!({"cpu": {"min": "100m", "max": "8", "upEvents": 1, "scaleUp": {"policy": "amount", "amount": "3"}}, "cooldown": "0s"}),
+    );
+    policy.budget = Some(Budget {
+        cpu: Some(Quantity("4".into())),
+        memory: None,
+    });
+    // a wants +3 (capped by usage / lower = 2.5 → +1.5), b wants +3 (capped → +1.5),
+    // c is idle at 1: headroom 4 − 3 = 1 is shared 1:1.
+    let observations = BTreeMap::from([
+        (ContainerKey::new("a", "c"), cpu(1.0, 1.0)),
+        (ContainerKey::new("b", "c"), cpu(1.0, 1.0)),
+        (ContainerKey::new("c", "c"), cpu(0.5, 1.0)),
+    ]);
+    let tick = Guardian::new()
+        .tick(&policy, secs(10), &observations)
+        .unwrap();
+    let limits: Vec<_> = tick
+        .decisions
+        .iter()
+        .map(|d| (d.key.pod.as_str(), d.changes[0].to.limit.0.as_str()))
+        .collect();
+    assert_eq!(limits, [("a", "1500m"), ("b", "1500m")]);
+}
+
+#[test]
+fn a_malformed_bound_is_an_error_naming_the_field() {
+    let mut policy = cpu_policy();
+    policy.cpu = Some(ResourcePolicy::new("lots", "2"));
+    let err = Guardian::new()
+        .tick(
+            &policy,
+            secs(1),
+            &one(&ContainerKey::new("p", "c"), cpu(0.5, 1.0)),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("spec.cpu.min/max"), "{err}");
+}
+
+#[test]
+fn vanished_pods_are_forgotten() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    guardian
+        .tick(&policy, secs(10), &one(&key, cpu(0.95, 1.0)))
+        .unwrap();
+    guardian.tick(&policy, secs(20), &BTreeMap::new()).unwrap();
+    let back = guardian
+        .tick(&policy, secs(30), &one(&key, cpu(0.95, 1.0)))
+        .unwrap();
+    assert!(back.decisions.is_empty(), "events of the old pod are gone");
+}
+
+// ---- properties ----
+
+/// Scale-up steps of at least 250m, so a climb from min to max (≤ 5 cores) takes at most
+/// 20 steps of at most 3 events: "settles within 200 ticks" is a fair property.
+fn up_action() -> impl Strategy<Value = ScaleAction> {
+    prop_oneof![
+        (250u32..3000).prop_map(|m| ScaleAction::amount(&format!("{m}m"))),
+        (1.1f64..3.0).prop_map(|f| ScaleAction {
+            policy: cellmesh_api::crd::scaling::RescalePolicy::Proportional,
+            amount: None,
+            factor: Some(f),
+            margin: None,
+        }),
+        Just(ScaleAction::fit_to_usage()),
+    ]
+}
+
+/// Scale-down steps of at least 250m or 30%, so a descent from 6 cores settles within
+/// 24 steps of at most 6 events.
+fn down_action() -> impl Strategy<Value = ScaleAction> {
+    prop_oneof![
+        (250u32..3000).prop_map(|m| ScaleAction::amount(&format!("{m}m"))),
+        (0.2f64..0.7).prop_map(|f| ScaleAction {
+            policy: cellmesh_api::crd::scaling::RescalePolicy::Proportional,
+            amount: None,
+            factor: Some(f),
+            margin: None,
+        }),
+        // Margins that admission accepts with the bands below (1/(1+m) inside them).
+        (0.3f64..1.0).prop_map(|m| ScaleAction {
+            margin: Some(m),
+            ..ScaleAction::fit_to_usage()
+        }),
+    ]
+}
+
+prop_compose! {
+    fn cpu_resource_policy()(
+        min in 10u32..1000,
+        span in 0u32..4000,
+        lower in 0.2f64..0.45,
+        upper in 0.75f64..0.95,
+        up_events in 1u32..4,
+        down_events in 1u32..7,
+        up in up_action(),
+        down in down_action(),
+    ) -> ResourcePolicy {
+        let mut policy = ResourcePolicy::new(&format!("{min}m"), &format!("{}m", min + span));
+        policy.lower = lower;
+        policy.upper = upper;
+        policy.up_events = up_events;
+        policy.down_events = Some(down_events);
+        policy.scale_up = Some(up);
+        policy.scale_down = Some(down);
+        policy
+    }
+}
+
+/// A ScalingPolicy on CPU that admission accepts.
+fn cpu_only_policy() -> impl Strategy<Value = ScalingPolicySpec> {
+    (cpu_resource_policy(), 0u64..30).prop_map(|(resource, cooldown)| {
+        let mut policy = cpu_policy();
+        policy.cpu = Some(resource);
+        policy.cooldown = Duration::from_secs(cooldown).into();
+        policy
+    })
+}
+
+/// Applies a tick's decisions to the observed limits, as the Scaler would.
+fn apply(limits: &mut BTreeMap<ContainerKey, f64>, tick: &Tick) {
+    for decision in &tick.decisions {
+        for change in &decision.changes {
+            limits.insert(decision.key.clone(), change.to.limit.value().unwrap());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn results_stay_within_min_and_max(
+        policy in cpu_only_policy(),
+        start in 0.01f64..6.0,
+        usages in prop::collection::vec(0.0f64..6.0, 1..60),
+    ) {
+        let bounds = policy.cpu.clone().unwrap();
+        let (min, max) = (bounds.min.value().unwrap(), bounds.max.value().unwrap());
+        let key = ContainerKey::new("p", "c");
+        let mut limits = BTreeMap::from([(key.clone(), start)]);
+        let mut guardian = Guardian::new();
+        for (i, usage) in usages.iter().enumerate() {
+            let limit = limits[&key];
+            let tick = guardian
+                .tick(&policy, secs(10 * i as u64), &one(&key, cpu(usage.min(limit), limit)))
+                .unwrap();
+            for change in tick.decisions.iter().flat_map(|d| &d.changes) {
+                let new = change.to.limit.value().unwrap();
+                prop_assert!(new >= min - 1e-9 && new <= max + 1e-9,
+                    "{new} outside [{min}, {max}]: {}", change.describe());
+                let request = change.to.request.as_ref().unwrap().value().unwrap();
+                prop_assert!(request < new, "Burstable must stay Burstable: {request} vs {new}");
+            }
+            apply(&mut limits, &tick);
+        }
+    }
+
+    #[test]
+    fn constant_load_settles_and_then_never_moves(
+        policy in cpu_only_policy(),
+        start in 0.05f64..6.0,
+        demand in 0.0f64..5.0,
+    ) {
+        let key = ContainerKey::new("p", "c");
+        let mut limits = BTreeMap::from([(key.clone(), start)]);
+        let mut guardian = Guardian::new();
+        let mut last_change = None;
+        for i in 0..400u64 {
+            let limit = limits[&key];
+            // CPU usage is capped by the limit: a throttled container shows its limit.
+            let observed = cpu(demand.min(limit), limit);
+            let tick = guardian.tick(&policy, secs(10 * i), &one(&key, observed)).unwrap();
+            if !tick.decisions.is_empty() {
+                last_change = Some(i);
+            }
+            apply(&mut limits, &tick);
+        }
+        prop_assert!(last_change.is_none_or(|i| i < 200),
+            "still resizing at tick {last_change:?} (limit {})", limits[&key]);
+    }
+
+    #[test]
+    fn the_budget_is_never_exceeded(
+        policy in cpu_only_policy(),
+        budget_millis in 1000u32..6000,
+        demands in prop::collection::vec(0.0f64..4.0, 2..6),
+    ) {
+        let mut policy = policy;
+        policy.budget = Some(Budget { cpu: Some(Quantity(format!("{budget_millis}m"))), memory: None });
+        let budget = f64::from(budget_millis) / 1000.0;
+        let min = policy.cpu.as_ref().unwrap().min.value().unwrap();
+        let mut limits: BTreeMap<ContainerKey, f64> = demands
+            .iter()
+            .enumerate()
+            .map(|(i, _)| (ContainerKey::new(&format!("p{i}"), "c"), min))
+            .collect();
+        prop_assume!(limits.values().sum::<f64>() <= budget);
+        let mut guardian = Guardian::new();
+        for t in 0..80u64 {
+            let observations = limits
+                .iter()
+                .zip(&demands)
+                .map(|((key, limit), demand)| (key.clone(), cpu(demand.min(*limit), *limit)))
+                .collect();
+            let tick = guardian.tick(&policy, secs(10 * t), &observations).unwrap();
+            apply(&mut limits, &tick);
+            let total: f64 = limits.values().sum();
+            prop_assert!(total <= budget + 1e-6, "total {total} above budget {budget} at tick {t}");
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! The Scaler: turns the Guardian's decisions into `pods/resize` patches and reads back, from
+//! the pod, whether the kubelet applied them. Pure functions over `Pod` objects; the
+//! controller does the I/O.
+//!
+//! Kubernetes ≥ 1.33 semantics (KEP-1287): one patch per pod carries every container that
+//! changes (the kubelet applies a pod's resize atomically); requests and limits are patched
+//! together so the QoS class is kept; `status.observedGeneration` tells whether the kubelet has
+//! seen the patched generation; `PodResizePending` (`Deferred` / `Infeasible`) and
+//! `PodResizeInProgress` say where it stands; `status.containerStatuses[].resources` is the
+//! size really in force.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
+use serde_json::{Value, json};
+
+use crate::guardian::{ContainerKey, Decision, Observation, Observed};
+use cellmesh_api::crd::scaling::Resource;
+
+/// Pod condition: a resize the kubelet has not admitted (reason `Deferred` or `Infeasible`).
+pub const POD_RESIZE_PENDING: &str = "PodResizePending";
+/// Pod condition: an admitted resize not yet in force (reason `Error` on failure).
+pub const POD_RESIZE_IN_PROGRESS: &str = "PodResizeInProgress";
+
+/// A container's `requests` or `limits` in a patch.
+type JsonMap = serde_json::Map<String, Value>;
+
+/// The strategic-merge patch for `pods/resize` that carries out a decision: the changed
+/// resources of every container, requests and limits together.
+pub fn resize_patch(decisions: &[&Decision]) -> Value {
+    let mut containers: BTreeMap<&str, (JsonMap, JsonMap)> = BTreeMap::new();
+    for decision in decisions {
+        let (requests, limits) = containers.entry(&decision.key.container).or_default();
+        for change in &decision.changes {
+            let name = change.resource.field().to_owned();
+            if let Some(request) = &change.to.request {
+                requests.insert(name.clone(), json!(request.0));
+            }
+            limits.insert(name, json!(change.to.limit.0));
+        }
+    }
+    let containers: Vec<Value> = containers
+        .into_iter()
+        .map(|(name, (requests, limits))| {
+            let mut resources = serde_json::Map::new();
+            if !requests.is_empty() {
+                resources.insert("requests".into(), Value::Object(requests));
+            }
+            resources.insert("limits".into(), Value::Object(limits));
+            json!({"name": name, "resources": resources})
+        })
+        .collect();
+    json!({"spec": {"containers": containers}})
+}
+
+/// Where a pod's last resize stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResizeState {
+    /// The kubelet has not yet observed the generation the resize created.
+    NotObserved,
+    /// Admitted, not yet in force.
+    InProgress,
+    /// Fits the node in principle, not now: the kubelet retries by itself.
+    Deferred(String),
+    /// Can never fit this node: do not retry until the target changes.
+    Infeasible(String),
+    /// The kubelet failed to apply it.
+    Failed(String),
+    /// In force: `containerStatuses[].resources` match the spec.
+    Done,
+}
+
+/// Reads the resize state of `pod` for a resize that produced `generation`.
+pub fn resize_state(pod: &Pod, generation: i64) -> ResizeState {
+    let Some(status) = &pod.status else {
+        return ResizeState::NotObserved;
+    };
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    let condition = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
+    if let Some(pending) = condition(POD_RESIZE_PENDING) {
+        let message = pending.message.clone().unwrap_or_default();
+        return match pending.reason.as_deref() {
+            Some("Infeasible") => ResizeState::Infeasible(message),
+            _ => ResizeState::Deferred(message),
+        };
+    }
+    if let Some(progress) = condition(POD_RESIZE_IN_PROGRESS) {
+        if progress.reason.as_deref() == Some("Error") {
+            return ResizeState::Failed(progress.message.clone().unwrap_or_default());
+        }
+        return ResizeState::InProgress;
+    }
+    if status.observed_generation.unwrap_or(0) < generation {
+        return ResizeState::NotObserved;
+    }
+    let spec_containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let in_force = spec_containers.iter().all(|container| {
+        let actual = status
+            .container_statuses
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|s| s.name == container.name)
+            .and_then(|s| s.resources.as_ref());
+        let wanted = container.resources.as_ref();
+        match (wanted, actual) {
+            (Some(wanted), Some(actual)) => {
+                same(wanted.limits.as_ref(), actual.limits.as_ref())
+                    && same(wanted.requests.as_ref(), actual.requests.as_ref())
+            }
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    });
+    if in_force {
+        ResizeState::Done
+    } else {
+        ResizeState::InProgress
+    }
+}
+
+/// Equal CPU and memory values (compared as numbers: `1` equals `1000m`).
+fn same(
+    wanted: Option<&BTreeMap<String, KubeQuantity>>,
+    actual: Option<&BTreeMap<String, KubeQuantity>>,
+) -> bool {
+    ["cpu", "memory"].iter().all(|name| {
+        let value = |list: Option<&BTreeMap<String, KubeQuantity>>| {
+            list.and_then(|l| l.get(*name))
+                .and_then(|q| cellmesh_api::quantity::parse(&q.0).ok())
+        };
+        match (value(wanted), value(actual)) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+            (None, None) => true,
+            // The kubelet reports what it enforces; a missing entry is not yet applied.
+            _ => false,
+        }
+    })
+}
+
+/// The Guardian's view of a pod's containers: requests and limits from the spec, usage from
+/// the metric samples, the last out-of-memory kill from the container statuses.
+pub fn observe(
+    pod: &Pod,
+    cpu_usage: &BTreeMap<ContainerKey, f64>,
+    memory_usage: &BTreeMap<ContainerKey, f64>,
+) -> BTreeMap<ContainerKey, Observation> {
+    let Some(name) = pod.metadata.name.as_deref() else {
+        return BTreeMap::new();
+    };
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    containers
+        .iter()
+        .map(|container| {
+            let key = ContainerKey::new(name, &container.name);
+            let last_oom = statuses
+                .iter()
+                .find(|s| s.name == container.name)
+                .and_then(|s| s.last_state.as_ref())
+                .and_then(|s| s.terminated.as_ref())
+                .filter(|t| t.reason.as_deref() == Some("OOMKilled"))
+                .map(|t| {
+                    t.finished_at
+                        .as_ref()
+                        .map_or_else(|| format!("exit {}", t.exit_code), |at| at.0.to_string())
+                });
+            let observation = Observation {
+                cpu: observed(container, Resource::Cpu, cpu_usage.get(&key).copied()),
+                memory: observed(container, Resource::Memory, memory_usage.get(&key).copied()),
+                last_oom,
+            };
+            (key, observation)
+        })
+        .collect()
+}
+
+fn observed(container: &Container, resource: Resource, usage: Option<f64>) -> Observed {
+    let value = |list: Option<&BTreeMap<String, KubeQuantity>>| {
+        list.and_then(|l| l.get(resource.field()))
+            .and_then(|q| cellmesh_api::quantity::parse(&q.0).ok())
+    };
+    let resources = container.resources.as_ref();
+    let limit = value(resources.and_then(|r| r.limits.as_ref()));
+    Observed {
+        usage,
+        // Kubernetes defaults a missing request to the limit.
+        request: value(resources.and_then(|r| r.requests.as_ref())).or(limit),
+        limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guardian::{Change, Reason, Size};
+    use cellmesh_api::service::Quantity;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn running_pod() -> Pod {
+        pod(json!({
+            "metadata": {"name": "s0-abc", "generation": 2},
+            "spec": {"containers": [{"name": "cell", "resources": {
+                "requests": {"cpu": "250m", "memory": "64Mi"},
+                "limits": {"cpu": "500m", "memory": "128Mi"}}}]},
+            "status": {"observedGeneration": 2, "containerStatuses": [{
+                "name": "cell", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                "resources": {"requests": {"cpu": "250m", "memory": "64Mi"},
+                              "limits": {"cpu": "0.5", "memory": "128Mi"}},
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                             "finishedAt": "2026-11-23T10:00:00Z"}}
+            }]}
+        }))
+    }
+
+    #[test]
+    fn patch_carries_requests_and_limits_of_every_changed_container() {
+        let decision = Decision {
+            key: ContainerKey::new("s0-abc", "cell"),
+            changes: vec![Change {
+                resource: Resource::Cpu,
+                from: Size {
+                    request: Some(Quantity("250m".into())),
+                    limit: Quantity("500m".into()),
+                },
+                to: Size {
+                    request: Some(Quantity("625m".into())),
+                    limit: Quantity("1250m".into()),
+                },
+                reason: Reason::UpEvents(2),
+            }],
+        };
+        assert_eq!(
+            resize_patch(&[&decision]),
+            json!({"spec": {"containers": [{"name": "cell", "resources": {
+                "requests": {"cpu": "625m"}, "limits": {"cpu": "1250m"}}}]}})
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_status_matches_its_spec_is_done() {
+        assert_eq!(resize_state(&running_pod(), 2), ResizeState::Done);
+        assert_eq!(resize_state(&running_pod(), 3), ResizeState::NotObserved);
+    }
+
+    #[test]
+    fn a_pod_still_at_its_old_size_is_in_progress() {
+        let mut pod = running_pod();
+        pod.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("1".into()));
+        assert_eq!(resize_state(&pod, 2), ResizeState::InProgress);
+    }
+
+    #[test]
+    fn resize_conditions_are_read_as_kubernetes_sets_them() {
+        let with = |type_: &str, reason: &str| {
+            let mut pod = running_pod();
+            pod.status.as_mut().unwrap().conditions = Some(vec![serde_json::from_value(json!({
+                "type": type_, "status": "True", "reason": reason,
+                "message": "Node didn't have enough capacity: cpu, requested: 64000, capacity: 2000"
+            })).unwrap()]);
+            resize_state(&pod, 2)
+        };
+        assert!(
+            matches!(with(POD_RESIZE_PENDING, "Infeasible"), ResizeState::Infeasible(m) if m.contains("capacity"))
+        );
+        assert!(matches!(
+            with(POD_RESIZE_PENDING, "Deferred"),
+            ResizeState::Deferred(_)
+        ));
+        assert_eq!(with(POD_RESIZE_IN_PROGRESS, ""), ResizeState::InProgress);
+        assert!(matches!(
+            with(POD_RESIZE_IN_PROGRESS, "Error"),
+            ResizeState::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn observation_takes_sizes_from_the_spec_and_the_oom_from_the_last_state() {
+        let key = ContainerKey::new("s0-abc", "cell");
+        let cpu = BTreeMap::from([(key.clone(), 0.4)]);
+        let observations = observe(&running_pod(), &cpu, &BTreeMap::new());
+        let observation = &observations[&key];
+        assert_eq!(observation.cpu.usage, Some(0.4));
+        assert_eq!(observation.cpu.limit, Some(0.5));
+        assert_eq!(observation.cpu.request, Some(0.25));
+        assert_eq!(observation.memory.usage, None);
+        assert_eq!(observation.memory.limit, Some(128.0 * 1024.0 * 1024.0));
+        assert_eq!(
+            observation.last_oom.as_deref(),
+            Some("2026-11-23T10:00:00Z")
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Usage per container from Prometheus' HTTP API, for the Guardian.
+//!
+//! A ScalingPolicy names PromQL templates (defaults: cAdvisor's
+//! `container_cpu_usage_seconds_total` and `container_memory_working_set_bytes`); `{{window}}`
+//! becomes the policy's window. The answer must be an instant vector labelled `namespace`,
+//! `pod` and `container`; other series are ignored. Every failure is an error that says what
+//! to check: the controller then holds every size and sets `MetricsAvailable=False` with
+//! the message, and resumes by itself on the next successful query.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use crate::guardian::ContainerKey;
+
+/// Why usage could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// Prometheus could not be reached or did not answer in time.
+    #[error("Prometheus at {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// Prometheus answered with an error (bad query, overload …).
+    #[error("Prometheus rejected the query {query:?}: {error_type}: {error}")]
+    Rejected {
+        query: String,
+        error_type: String,
+        error: String,
+    },
+    /// The answer is not what the PromQL of a ScalingPolicy must return.
+    #[error("unexpected answer to {query:?}: {reason}")]
+    Malformed { query: String, reason: String },
+    /// The URL cannot be used.
+    #[error("invalid Prometheus URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// `{{window}}` in a template replaced by the window in Prometheus' duration syntax.
+pub fn render(template: &str, window: Duration) -> String {
+    template.replace("{{window}}", &prometheus_duration(window))
+}
+
+/// A duration as PromQL writes it: `10s`, `1500ms`, `2m`.
+pub fn prometheus_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis.is_multiple_of(60_000) && millis > 0 {
+        format!("{}m", millis / 60_000)
+    } else if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: String,
+    #[serde(default)]
+    data: Option<Data>,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<Series>,
+}
+
+#[derive(Deserialize)]
+struct Series {
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// The samples of an instant-vector answer in `namespace`, keyed by pod and container.
+pub fn parse(
+    query: &str,
+    namespace: &str,
+    body: &[u8],
+) -> Result<BTreeMap<ContainerKey, f64>, UsageError> {
+    let malformed = |reason: String| UsageError::Malformed {
+        query: query.to_owned(),
+        reason,
+    };
+    let answer: Answer =
+        serde_json::from_slice(body).map_err(|e| malformed(format!("not Prometheus JSON: {e}")))?;
+    if answer.status != "success" {
+        return Err(UsageError::Rejected {
+            query: query.to_owned(),
+            error_type: answer.error_type.unwrap_or_else(|| "error".into()),
+            error: answer.error.unwrap_or_default(),
+        });
+    }
+    let data = answer
+        .data
+        .ok_or_else(|| malformed("no data in a successful answer".into()))?;
+    if data.result_type != "vector" {
+        return Err(malformed(format!(
+            "the query must return an instant vector, not a {}",
+            data.result_type
+        )));
+    }
+    let mut samples = BTreeMap::new();
+    for series in data.result {
+        let label = |name: &str| series.metric.get(name).filter(|v| !v.is_empty());
+        let (Some(ns), Some(pod), Some(container)) =
+            (label("namespace"), label("pod"), label("container"))
+        else {
+            continue;
+        };
+        if ns != namespace {
+            continue;
+        }
+        let value: f64 = series.value.1.parse().map_err(|_| {
+            malformed(format!(
+                "sample {:?} of {pod}/{container} is not a number",
+                series.value.1
+            ))
+        })?;
+        if value.is_finite() {
+            samples.insert(ContainerKey::new(pod, container), value);
+        }
+    }
+    Ok(samples)
+}
+
+/// A client of one Prometheus server's HTTP API.
+#[derive(Clone)]
+pub struct Prometheus {
+    base: String,
+    timeout: Duration,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Prometheus {
+    /// A client for `url` (`http://host:port`, optionally with a path prefix).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, UsageError> {
+        let base = url.trim_end_matches('/').to_owned();
+        let uri: http::Uri =
+            base.parse()
+                .map_err(|e: http::uri::InvalidUri| UsageError::BadUrl {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(UsageError::BadUrl {
+                url: url.to_owned(),
+                reason: "only http://host:port URLs are supported".into(),
+            });
+        }
+        Ok(Self {
+            base,
+            timeout,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// Runs an instant query and returns the samples of `namespace`'s containers.
+    pub async fn usage(
+        &self,
+        query: &str,
+        namespace: &str,
+    ) -> Result<BTreeMap<ContainerKey, f64>, UsageError> {
+        let unreachable = |reason: String| UsageError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        };
+        let body = format!("query={}", urlencode(query));
+        let request = http::Request::post(format!("{}/api/v1/query", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                let mut reason = e.to_string();
+                if let Some(source) = std::error::Error::source(&e) {
+                    reason = format!("{reason}: {source}");
+                }
+                unreachable(reason)
+            })?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok::<_, UsageError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))??;
+        // Prometheus answers 400/422/503 with a JSON error body: parse() reports it.
+        if !status.is_success() && !bytes.starts_with(b"{") {
+            return Err(unreachable(format!("HTTP {status}")));
+        }
+        parse(query, namespace, &bytes)
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of a PromQL query.
+fn urlencode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn windows_render_in_promql_syntax() {
+        let q = render("rate(x[{{window}}])", Duration::from_secs(10));
+        assert_eq!(q, "rate(x[10s])");
+        assert_eq!(prometheus_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(prometheus_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn parses_a_vector_keeping_only_the_namespace_s_containers() {
+        let body = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"namespace": "shop", "pod": "s0-a", "container": "cell"}, "value": [1.0, "0.75"]},
+            {"metric": {"namespace": "other", "pod": "x", "container": "cell"}, "value": [1.0, "9"]},
+            {"metric": {"namespace": "shop", "pod": "s0-a", "container": ""}, "value": [1.0, "3"]},
+            {"metric": {"namespace": "shop", "pod": "s1-b"}, "value": [1.0, "3"]},
+            {"metric": {"namespace": "shop", "pod": "s1-b", "container": "cell"}, "value": [1.0, "NaN"]}
+        ]}});
+        let samples = parse("q", "shop", body.to_string().as_bytes()).unwrap();
+        assert_eq!(samples.len(), 1, "{samples:?}");
+        assert_eq!(samples[&ContainerKey::new("s0-a", "cell")], 0.75);
+    }
+
+    #[test]
+    fn prometheus_errors_and_wrong_shapes_are_explained() {
+        let rejected =
+            json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 5"});
+        let err = parse("rate(", "ns", rejected.to_string().as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("bad_data: parse error at char 5"),
+            "{err}"
+        );
+        let matrix = json!({"status": "success", "data": {"resultType": "matrix", "result": []}});
+        let err = parse("x[1m]", "ns", matrix.to_string().as_bytes()).unwrap_err();
+        assert!(
+            err.to_string().contains("instant vector, not a matrix"),
+            "{err}"
+        );
+        let err = parse("q", "ns", b"<html>").unwrap_err();
+        assert!(err.to_string().contains("not Prometheus JSON"), "{err}");
+    }
+
+    #[test]
+    fn only_http_urls_are_accepted() {
+        assert!(Prometheus::new("http://127.0.0.1:9090/", Duration::from_secs(1)).is_ok());
+        let err = Prometheus::new("ftp://x", Duration::from_secs(1))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("only http://"), "{err}");
+    }
+
+    #[test]
+    fn queries_are_form_encoded() {
+        assert_eq!(
+            urlencode("sum(rate(a{b!=\"\"}[1m]))"),
+            "sum%28rate%28a%7Bb%21%3D%22%22%7D%5B1m%5D%29%29"
+        );
+        assert_eq!(urlencode("a b"), "a+b");
+    }
+
+    /// A fake Prometheus on loopback: the client posts the query and reads the vector.
+    #[tokio::test]
+    async fn queries_a_server_and_reports_an_unreachable_one() {
+        use axum::{Router, extract::Form, routing::post};
+        #[derive(serde::Deserialize)]
+        struct Query {
+            query: String,
+        }
+        let app = Router::new().route(
+            "/api/v1/query",
+            post(|Form(q): Form<Query>| async move {
+                axum::Json(json!({"status": "success", "data": {"resultType": "vector", "result": [
+                    {"metric": {"namespace": "ns", "pod": "p", "container": "c"}, "value": [1.0, q.query.len().to_string()]}
+                ]}}))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let prometheus =
+            Prometheus::new(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
+        let samples = prometheus.usage("up{job=\"a b\"}", "ns").await.unwrap();
+        // The server saw the query decoded intact.
+        assert_eq!(
+            samples[&ContainerKey::new("p", "c")],
+            "up{job=\"a b\"}".len() as f64
+        );
+        server.abort();
+        let _ = server.await;
+        let err = prometheus.usage("up", "ns").await.unwrap_err();
+        assert!(matches!(err, UsageError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+}
