@@ -30,8 +30,63 @@ pub fn render(crd: &CustomResourceDefinition) -> Result<CrdFile, serde_yaml::Err
     let name = crd.metadata.name.as_deref().unwrap_or("unnamed");
     Ok(CrdFile {
         file_name: format!("{name}.yaml"),
-        yaml: format!("{HEADER}{}", serde_yaml::to_string(crd)?),
+        yaml: format!(
+            "{HEADER}{}",
+            quote_yaml11_booleans(&serde_yaml::to_string(crd)?)
+        ),
     })
+}
+
+/// Words that YAML 1.2 reads as strings but YAML 1.1 as booleans.
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Quotes plain scalars such as `Off` that YAML 1.1 parsers read as booleans.
+///
+/// serde_yaml writes YAML 1.2, where `Off` is a string; kubectl and Helm parse with
+/// go-yaml's YAML 1.1 rules, where it is `false` — the ScalingPolicy `mode` enum would
+/// arrive as `[false, "InPlace", …]`. Only whole scalars after `- ` or `key: ` are quoted;
+/// a test checks that the result still parses to the same object.
+pub fn quote_yaml11_booleans(yaml: &str) -> String {
+    let quote = |scalar: &str| {
+        if YAML11_BOOLEANS.contains(&scalar) {
+            format!("'{scalar}'")
+        } else {
+            scalar.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let (mut head, mut rest) = line.split_at(indent);
+        let dash;
+        if let Some(after) = rest.strip_prefix("- ") {
+            dash = format!("{head}- ");
+            head = &dash;
+            rest = after;
+        }
+        out.push_str(head);
+        // `key:` or `key: value` (keys here are plain words; block text has no such shape
+        // that parses differently, which the round-trip test checks).
+        match rest
+            .split_once(": ")
+            .or_else(|| rest.strip_suffix(':').map(|k| (k, "")))
+        {
+            Some((key, value)) if !key.contains(' ') && !key.starts_with(['\'', '"']) => {
+                out.push_str(&quote(key));
+                out.push(':');
+                if !value.is_empty() || rest.contains(": ") {
+                    out.push(' ');
+                    out.push_str(&quote(value));
+                }
+            }
+            _ => out.push_str(&quote(rest)),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Every CRD as one multi-document YAML stream (for `kubectl apply -f -`).
@@ -45,6 +100,34 @@ pub fn stream() -> Result<String, serde_yaml::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml11_booleans_are_quoted_and_nothing_else_changes() {
+        let yaml = "enum:\n- Off\n- InPlace\nmode: on\ntext: Offline\nflag: true\non:\n  y: 1\n";
+        let quoted = quote_yaml11_booleans(yaml);
+        assert_eq!(
+            quoted,
+            "enum:\n- 'Off'\n- InPlace\nmode: 'on'\ntext: Offline\nflag: true\n'on':\n  'y': 1\n"
+        );
+        let before: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        let after: serde_json::Value = serde_yaml::from_str(&quoted).unwrap();
+        assert_eq!(before, after);
+        for file in files().unwrap() {
+            let parsed: serde_json::Value = serde_yaml::from_str(&file.yaml).unwrap();
+            let crd = cellmesh_api::crd::all()
+                .into_iter()
+                .find(|c| {
+                    c.metadata.name.as_deref() == Some(file.file_name.trim_end_matches(".yaml"))
+                })
+                .unwrap();
+            assert_eq!(
+                parsed,
+                serde_json::to_value(crd).unwrap(),
+                "{}",
+                file.file_name
+            );
+        }
+    }
 
     #[test]
     fn one_file_per_crd_named_after_it() {
