@@ -30,8 +30,8 @@ pub struct RunArgs {
     /// Image of the cell the Deployments run.
     #[arg(long, env = "CELLMESH_CELL_IMAGE", default_value_t = default_cell_image())]
     pub cell_image: String,
-    /// Prometheus base URL, for the ScalingPolicy controller (accepted now, used when that
-    /// controller lands).
+    /// Prometheus base URL the ScalingPolicy controller reads usage from when a policy names
+    /// none (`spec.metrics.prometheus.url`).
     #[arg(long, env = "CELLMESH_PROMETHEUS_URL", value_name = "URL")]
     pub prometheus_url: Option<String>,
     /// Address of `/healthz`, `/readyz` and `/metrics` (port 0: any free port; the bound
@@ -132,15 +132,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         identity.clone(),
         args.namespace.as_deref(),
     ));
-    if let Some(url) = &args.prometheus_url {
-        tracing::info!(%url, "Prometheus URL noted for the ScalingPolicy controller");
-    }
+    let scaling = crate::scaling::Config {
+        prometheus_url: args.prometheus_url.clone(),
+        query_timeout: std::time::Duration::from_secs(5),
+        namespace: args.namespace.clone(),
+    };
 
     if !args.leader_election {
         health.metrics.leader.set(1);
         health.ready.store(true, Ordering::Release);
         tracing::info!(namespace = ?args.namespace, "controllers starting");
-        controller::run(ctx, args.namespace.clone(), stop_rx).await;
+        controller::run(ctx, args.namespace.clone(), scaling, stop_rx).await;
         return Ok(());
     }
 
@@ -175,6 +177,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let controllers = tokio::spawn(controller::run(
         ctx,
         args.namespace.clone(),
+        scaling,
         stop_rx.clone(),
     ));
     let lost = tokio::select! {

@@ -293,10 +293,12 @@ where
     result
 }
 
-/// Runs the three controllers until `shutdown` resolves (each drains its reconciles).
+/// Runs the four controllers (WorkModel, App, Profile, ScalingPolicy) until `shutdown`
+/// resolves (each drains its reconciles).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    scaling: crate::scaling::Config,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     if let Err(error) = ctx.caches.wait_until_ready().await {
@@ -309,10 +311,16 @@ pub async fn run(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    let scaling = async {
+        if let Err(error) = crate::scaling::run(ctx.client.clone(), scaling, stop()).await {
+            tracing::error!(%error, "the ScalingPolicy controller stopped");
+        }
+    };
     futures::join!(
         workmodel::controller(ctx.clone(), namespace.as_deref(), stop()),
         app::controller(ctx.clone(), namespace.as_deref(), stop()),
         profile::controller(ctx.clone(), namespace.as_deref(), stop()),
+        scaling,
     );
 }
 
