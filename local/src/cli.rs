@@ -31,7 +31,7 @@ enum Command {
     Apiserver(Box<ApiserverArgs>),
     /// Start the whole local cluster in the background (API server with every component,
     /// CRDs, Prometheus, an example) and print what to try next.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Stop what `up` started (Prometheus, then the server); every stored object is kept.
     Down(up::StateArgs),
     /// Report what `up` started: pids, URLs and health (exit code 3 when not running).
@@ -144,7 +144,7 @@ pub fn main() -> ExitCode {
         Command::Apiserver(args) => run_apiserver(*args),
         Command::Up(args) => {
             init_logging("warn");
-            up::up(args)
+            up::up(*args)
         }
         Command::Down(args) => up::down(args),
         Command::Status(args) => up::status(args),

@@ -197,6 +197,16 @@ fn up_status_down_and_up_again_keeps_the_state() {
     assert!(stdout.contains("✓ API server https://"), "{stdout}");
     assert!(stdout.contains("✓ CRDs: apps.cellmesh.io"), "{stdout}");
     assert!(stdout.contains("workmodel/chain"), "{stdout}");
+    // The main job end to end: the operator runs as a pod, reconciles the example, its cells
+    // run, and a request through the gateway's ClusterIP is answered.
+    assert!(
+        stdout.contains("✓ operator: deployment cellmesh-system/cellmesh-operator"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ WorkModel chain Ready; GET http://") && stdout.contains(" 200 OK"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!(
             "export KUBECONFIG={}",

@@ -48,9 +48,54 @@ enum Command {
     /// engine on CPU-heavy computePi (worker processes, µBench's layout, overload p99).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Interim main job: start µBench's three-service parallel mesh as cells on 127.0.0.x,
+    /// The main job: build cellmesh-local, the cell and the operator, then run
+    /// `cellmesh-local up` (API server, controllers, node agent, network, CRDs, Prometheus,
+    /// the operator and the `chain` example, answered through its gateway). Arguments after
+    /// `--` go to `cellmesh-local up` (see `cellmesh-local up --help`).
+    Up {
+        /// Build and run release binaries (slower to build, faster cells).
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `cellmesh-local up`, e.g. `--foreground` or `--state-dir DIR`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A cluster-free demo: start µBench's three-service parallel mesh as cells on 127.0.0.x,
     /// load it with cellmesh-load for ~10 s, print the report, stop everything.
     Demo(demo::Demo),
+}
+
+/// `cargo xtask up`: build the three binaries `up` runs, then hand over to `cellmesh-local up`.
+fn up(release: bool, args: &[String]) -> Result<()> {
+    util::step("building cellmesh-local, cellmesh-cell and cellmesh-operator");
+    let mut build = vec![
+        "build",
+        "--locked",
+        "-p",
+        "cellmesh-local",
+        "-p",
+        "cellmesh-cell",
+        "-p",
+        "cellmesh-operator",
+    ];
+    if release {
+        build.push("--release");
+    }
+    util::cargo(&build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || util::workspace_root().join("target"),
+        std::path::PathBuf::from,
+    );
+    let binary = target
+        .join(if release { "release" } else { "debug" })
+        .join("cellmesh-local");
+    util::step("cellmesh-local up");
+    util::run(
+        std::process::Command::new(binary)
+            .arg("up")
+            .args(args)
+            .current_dir(util::workspace_root()),
+    )
 }
 
 fn main() -> Result<()> {
@@ -68,6 +113,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test(&args),
         Command::Bench(command) => bench::run(command),
         Command::Demo(args) => demo::run(&args),
+        Command::Up { release, args } => up(release, &args),
     }
 }
 

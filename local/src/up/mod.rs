@@ -12,6 +12,7 @@
 pub mod install;
 pub mod process;
 pub mod prometheus;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,9 @@ pub struct UpArgs {
     /// Apply no example.
     #[arg(long)]
     pub no_example: bool,
+    /// Do not deploy the cellmesh operator.
+    #[arg(long)]
+    pub no_operator: bool,
     /// Stay attached: stop everything on Ctrl-C or SIGTERM.
     #[arg(long)]
     pub foreground: bool,
@@ -332,20 +336,74 @@ fn run_up(args: &UpArgs) -> anyhow::Result<ExitCode> {
             Err(err) => done(&bar, format!("✗ Prometheus did not start: {err:#}")),
         }
     }
+    let operator = if args.no_operator {
+        done(&bar, "- operator: not deployed (--no-operator)");
+        false
+    } else if !exe.with_file_name("cellmesh-operator").is_file() {
+        done(
+            &bar,
+            format!(
+                "- operator: not deployed: {} is missing (build it: cargo build -p cellmesh-operator)",
+                exe.with_file_name("cellmesh-operator").display()
+            ),
+        );
+        false
+    } else {
+        bar.set_message("deploying the operator");
+        let prometheus_url = record
+            .prometheus
+            .as_ref()
+            .map(|p| format!("http://{}", p.listen));
+        match runtime.block_on(install::operator(&client, prometheus_url.as_deref())) {
+            Ok(_) => {
+                done(
+                    &bar,
+                    format!(
+                        "✓ operator: deployment {}/{} (the node agent runs it as cellmesh-operator)",
+                        install::OPERATOR_NAMESPACE,
+                        install::OPERATOR_NAME
+                    ),
+                );
+                true
+            }
+            Err(err) => {
+                done(&bar, format!("✗ operator not deployed: {err:#}"));
+                false
+            }
+        }
+    };
+    let mut workmodels = Vec::new();
     for path in examples(args) {
         bar.set_message(format!("applying {}", path.display()));
         match runtime.block_on(install::manifest(&client, &path)) {
-            Ok(applied) => done(
-                &bar,
-                format!("✓ applied {}: {}", path.display(), applied.join(", ")),
-            ),
+            Ok(applied) => {
+                workmodels.extend(
+                    applied
+                        .iter()
+                        .filter_map(|a| a.strip_prefix("workmodel/"))
+                        .map(str::to_owned),
+                );
+                done(
+                    &bar,
+                    format!("✓ applied {}: {}", path.display(), applied.join(", ")),
+                );
+            }
             Err(err) => done(&bar, format!("- skipped {}: {err:#}", path.display())),
         }
     }
-    done(
-        &bar,
-        "- operator: not started by `up` (this build has no operator deployment yet)",
-    );
+    if operator {
+        for name in &workmodels {
+            bar.set_message(format!("waiting for WorkModel {name} to be Ready"));
+            let checked = runtime.block_on(async {
+                verify::workmodel_ready(&client, "default", name, args.timeout).await?;
+                verify::through_gateway(&client, "default", name).await
+            });
+            match checked {
+                Ok(answer) => done(&bar, format!("✓ WorkModel {name} Ready; {answer}")),
+                Err(err) => done(&bar, format!("✗ WorkModel {name}: {err:#}")),
+            }
+        }
+    }
     bar.finish_and_clear();
     print_next_steps(&record);
 
