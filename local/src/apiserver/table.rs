@@ -459,26 +459,76 @@ fn builtin_columns(info: &ResourceInfo) -> Option<(Vec<Column>, Cells, bool)> {
     Some(spec)
 }
 
-/// Evaluates a simple printer-column JSON path (`.spec.replicas`, `.status.conditions[0].type`).
+/// Evaluates a printer-column JSON path as kubectl's columns use them: fields
+/// (`.spec.replicas`), indexes (`.status.conditions[0].type`) and equality filters
+/// (`.status.conditions[?(@.type=="Ready")].status`, the first match).
 fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
     let mut current = object;
-    for part in path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|p| !p.is_empty())
-    {
-        let (field, index) = match part.split_once('[') {
-            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
+    for segment in path_segments(path)? {
+        current = match segment {
+            Segment::Field(field) => current.get(field)?,
+            Segment::Index(index) => current.get(index)?,
+            Segment::Filter { key, value } => current.as_array()?.iter().find(|item| {
+                json_path(item, key).is_some_and(|found| match found {
+                    Value::String(text) => text == value,
+                    other => other.to_string() == value,
+                })
+            })?,
         };
-        if !field.is_empty() {
-            current = current.get(field)?;
-        }
-        if let Some(i) = index {
-            current = current.get(i)?;
-        }
     }
     Some(current)
+}
+
+/// One step of a printer-column JSON path.
+#[derive(Debug, PartialEq)]
+enum Segment<'a> {
+    Field(&'a str),
+    Index(usize),
+    /// `[?(@.key=="value")]`: the first element whose `key` equals `value`.
+    Filter {
+        key: &'a str,
+        value: &'a str,
+    },
+}
+
+/// Splits `.a.b[0].c[?(@.type=="Ready")].d` into segments; `.` inside brackets (the
+/// filter's `@.type`) does not split. `None` for what it does not support (`[*]`, ranges).
+fn path_segments(path: &str) -> Option<Vec<Segment<'_>>> {
+    let mut segments = Vec::new();
+    let mut rest = path.trim_start_matches('$');
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('.') {
+            let end = after.find(['.', '[']).unwrap_or(after.len());
+            if end > 0 {
+                segments.push(Segment::Field(&after[..end]));
+            }
+            rest = &after[end..];
+        } else if let Some(after) = rest.strip_prefix('[') {
+            let close = after.find(']')?;
+            let inside = &after[..close];
+            rest = &after[close + 1..];
+            if let Ok(index) = inside.parse() {
+                segments.push(Segment::Index(index));
+            } else if let Some(filter) = inside
+                .strip_prefix("?(@.")
+                .and_then(|f| f.strip_suffix(')'))
+                .and_then(|f| f.split_once("=="))
+            {
+                let value = filter.1.trim().trim_matches(['"', '\'']);
+                segments.push(Segment::Filter {
+                    key: filter.0.trim(),
+                    value,
+                });
+            } else {
+                return None;
+            }
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            segments.push(Segment::Field(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    Some(segments)
 }
 
 /// A Table for `objects` of `info`. `printer_columns` are a CRD version's
@@ -727,6 +777,41 @@ fn table(
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod json_path_tests {
+    use super::*;
+
+    #[test]
+    fn printer_column_paths_with_filters() {
+        let object = json!({"spec": {"replicas": 3}, "status": {"conditions": [
+            {"type": "Progressing", "status": "False"},
+            {"type": "Ready", "status": "True", "observedGeneration": 2}
+        ]}});
+        assert_eq!(json_path(&object, ".spec.replicas"), Some(&json!(3)));
+        assert_eq!(
+            json_path(&object, ".status.conditions[0].type"),
+            Some(&json!("Progressing"))
+        );
+        assert_eq!(
+            json_path(&object, ".status.conditions[?(@.type==\"Ready\")].status"),
+            Some(&json!("True"))
+        );
+        assert_eq!(
+            json_path(
+                &object,
+                ".status.conditions[?(@.type=='Ready')].observedGeneration"
+            ),
+            Some(&json!(2))
+        );
+        assert_eq!(
+            json_path(&object, ".status.conditions[?(@.type==\"Gone\")].status"),
+            None
+        );
+        assert_eq!(json_path(&object, ".status.conditions[*].type"), None);
+        assert_eq!(json_path(&object, ".spec.missing"), None);
+    }
 }
 
 #[cfg(test)]
