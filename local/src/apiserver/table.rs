@@ -471,7 +471,8 @@ fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
             Segment::Filter { key, value } => current.as_array()?.iter().find(|item| {
                 json_path(item, key).is_some_and(|found| match found {
                     Value::String(text) => text == value,
-                    other => other.to_string() == value,
+                    // Numbers and booleans compare by their JSON text (`@.replicas==3`).
+                    other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
                 })
             })?,
         };
