@@ -157,9 +157,12 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let logs = self.kubectl(&["logs", "client", "--tail=4"], None);
-            if logs.contains(&format!("{cluster_ip}     web.default.svc.cluster.local"))
-                && logs.contains("GET 200")
-            {
+            // getent pads the address to a column: compare words, not spacing.
+            let resolved = logs.lines().any(|line| {
+                line.split_whitespace().collect::<Vec<_>>()
+                    == [cluster_ip, "web.default.svc.cluster.local"]
+            });
+            if resolved && logs.contains("GET 200") {
                 return;
             }
             assert!(Instant::now() < deadline, "{what}: client logs: {logs}");
