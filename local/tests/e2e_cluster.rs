@@ -1,7 +1,7 @@
 //! End to end across components, as a user meets them after `cellmesh-local up`: a
 //! Deployment's pods become ready, the Service gets a ClusterIP and EndpointSlices, and
 //! another pod reaches it by its DNS name through the ClusterIP proxy; Prometheus scrapes
-//! the node's cAdvisor endpoint; `down` + `up` restarts the pods and the Service still
+//! the node's cAdvisor endpoint and answers a query for the pod's CPU series; `down` + `up` restarts the pods and the Service still
 //! answers. Needs root (the node agent's cgroups and mounts, DNS on port 53) and the host's
 //! python3 (the test pods run it); without them it is skipped, saying why.
 
@@ -229,6 +229,23 @@ fn a_pod_reaches_a_deployment_by_service_name_and_again_after_down_and_up() {
         assert!(
             Instant::now() < deadline,
             "no cAdvisor target up: {targets}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A query for cAdvisor's CPU counter returns the web pod's series.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = http_get(
+            cluster.prometheus,
+            "/api/v1/query?query=container_cpu_usage_seconds_total%7Bnamespace%3D%22default%22%2Ccontainer%3D%22web%22%7D",
+        );
+        if answer.contains(r#""pod":"web-"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no container_cpu_usage_seconds_total series of web: {answer}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
