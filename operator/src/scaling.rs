@@ -29,16 +29,11 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
 use serde_json::json;
 
+// The labels the WorkModel and App builders put on their pods select a policy's targets.
+use crate::build::{APP_LABEL, SERVICE_LABEL, WORKMODEL_LABEL};
 use crate::guardian::{ContainerKey, Decision, Guardian, ResourceName, Tick};
 use crate::scaler::{self, ResizeState};
 use crate::usage::{self, Prometheus, UsageError};
-
-/// Label the operator puts on a WorkModel's pods: the WorkModel's name.
-pub const WORKMODEL_LABEL: &str = "cellmesh.io/workmodel";
-/// Label the operator puts on a WorkModel's pods: the service's name.
-pub const SERVICE_LABEL: &str = "cellmesh.io/service";
-/// Label the operator puts on an App's pods: the App's name.
-pub const APP_LABEL: &str = "cellmesh.io/app";
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
