@@ -113,6 +113,13 @@ impl UpCluster {
                 "--pod-cidr={}.{}.{}.128/25",
                 net[0], net[1], net[2]
             ))
+            // Its own cgroup parent: a node agent sweeps (SIGKILLs) every container under
+            // its parent when it starts and stops, so clusters of parallel tests sharing the
+            // default `cellmesh` parent kill each other's pods.
+            .arg(format!(
+                "--cgroup-parent=cellmesh-test-{}-{}",
+                net[1], net[2]
+            ))
             .stdin(Stdio::null());
         let out = command.output().unwrap();
         cluster.output = format!(
