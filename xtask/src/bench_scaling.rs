@@ -595,7 +595,7 @@ mod tests {
         assert!(large.contains("name: large\n"));
         assert!(large.contains("\n    large:\n"));
         assert!(large.contains("limits: {cpu: 1500m,"));
-        assert!(!large.contains("ScalingPolicy"));
+        assert!(!large.contains("kind: ScalingPolicy"));
         let scaled = variant(&example, "scaled", "200m", true).unwrap();
         assert!(scaled.contains("targetRef: {kind: WorkModel, name: scaled, services: [scaled]}"));
         assert!(!scaled.contains("name: pi"), "{scaled}");
