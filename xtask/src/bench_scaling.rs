@@ -40,7 +40,7 @@ pub struct ScalingBench {
     #[arg(long, default_value_t = 20)]
     pub idle: u64,
     /// Open-loop request rate of the step (req/s).
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
     /// Connections of cellmesh-load.
     #[arg(long, default_value_t = 32)]

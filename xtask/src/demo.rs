@@ -83,7 +83,7 @@ pub struct ScalingDemo {
     #[arg(long, default_value_t = 75)]
     pub quiet: u64,
     /// Open-loop request rate of the step (req/s).
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 20.0)]
     pub rate: f64,
     /// Where to write the timeline [default: <target>/scaling-timeline.svg].
     #[arg(long, short = 'o')]
