@@ -536,3 +536,78 @@ fn server_side_apply_removes_what_a_manager_stops_sending() {
         serde_json::json!({"bell": {"count": 1}})
     );
 }
+
+/// A CRD and a custom resource of it in one file, as charts and examples ship them.
+const WIDGET_CRD_AND_CR: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1, namespace: default}
+spec: {size: 3}
+"#;
+
+#[test]
+fn validation_on_applies_a_crd_and_its_resource_from_one_file() {
+    let server = Server::start();
+    // kubectl finds the new kind in neither OpenAPI document and falls back to v2 schema
+    // validation, which must answer (with no schema for the kind) rather than fail.
+    // Depending on its discovery cache kubectl then creates the resource or, as against a
+    // real cluster, asks to "ensure CRDs are installed first"; a second apply creates it.
+    let first = server.kubectl_output(&["apply", "-f", "-"], Some(WIDGET_CRD_AND_CR));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(!printed.contains("error validating"), "{printed}");
+    assert!(
+        printed
+            .contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"),
+        "{printed}"
+    );
+    if !first.status.success() {
+        assert!(
+            printed.contains("ensure CRDs are installed first"),
+            "{printed}"
+        );
+        server.kubectl_stdin(&["apply", "-f", "-"], Some(WIDGET_CRD_AND_CR));
+    }
+    let widget = json(&server.kubectl(&["get", "widget", "w1", "-o", "json"]));
+    assert_eq!(widget["spec"]["size"], 3);
+
+    // The server still validates: an unknown field is refused (kubectl sends Strict).
+    let err = server.kubectl_fails(
+        &["apply", "-f", "-"],
+        Some(&WIDGET_CRD_AND_CR.replace("spec: {size: 3}", "spec: {size: 4, bogus: 1}")),
+    );
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.bogus\""),
+        "{err}"
+    );
+    // Plain `kubectl create` of built-ins keeps validation on as well.
+    let created = server.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {a: b}\n"),
+    );
+    assert_eq!(created.trim(), "configmap/plain created");
+}
