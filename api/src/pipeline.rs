@@ -78,13 +78,17 @@ pub struct SwitchStage {
 /// For each request the cell writes one line `{"input": <value>}`; the worker answers with
 /// any number of `{"output": <value>}` lines followed by `{"end": true}`, or with one
 /// `{"error": "<message>"}` line. A worker handles one request at a time; stderr goes to
-/// the cell's log.
+/// the cell's log. With the profile's `batch` on, a `jsonl-batch` worker receives a
+/// micro-batch as one line `{"batch": [<input>, …]}` and answers one line
+/// `{"batch": [{"outputs": [<value>, …]} | {"error": "<message>"}, …]}` in input order; a
+/// `jsonl` worker gets the batch's requests one line at a time.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecStage {
     /// Program and arguments, e.g. `["/app/worker", "--fast"]`.
     pub command: Vec<String>,
-    /// Wire protocol; only `jsonl` (newline-delimited JSON) exists.
+    /// Wire protocol: `jsonl` (newline-delimited JSON, a request per line) or
+    /// `jsonl-batch` (the same, plus whole micro-batches in one line).
     #[serde(default)]
     pub protocol: ExecProtocol,
     /// Number of worker processes (each handles one request at a time). Default 1.
@@ -106,6 +110,10 @@ pub enum ExecProtocol {
     /// Newline-delimited JSON on stdin/stdout.
     #[default]
     Jsonl,
+    /// `jsonl`, and the worker also takes a micro-batch (profile `batch`) as one line
+    /// `{"batch": [<input>, …]}`, answered by `{"batch": [{"outputs": […]} | {"error": "…"}, …]}`.
+    #[serde(rename = "jsonl-batch")]
+    JsonlBatch,
 }
 
 /// A stage's kind, resolved from its one-of keys.

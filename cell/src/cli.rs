@@ -68,6 +68,12 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
     pub admin_listen: SocketAddr,
 
+    /// Bind the REST and gRPC ports with SO_REUSEPORT, so several cell processes can share
+    /// them and the kernel spreads connections across them (the alternative to the engine's
+    /// acceptor that `cargo xtask bench engine` measures; see docs/benchmarks.md).
+    #[arg(long)]
+    pub reuse_port: bool,
+
     /// Address of a downstream service for the protocol it is called with, overriding the
     /// workmodel's `url`. Repeatable.
     #[arg(long, value_name = "NAME=HOST:PORT", value_parser = parse_resolve)]

@@ -194,14 +194,13 @@ async fn serve_all(args: Args) -> anyhow::Result<()> {
             profile_content,
         );
     }
-    let bind = |address, what: &'static str| async move {
-        TcpListener::bind(address)
-            .await
+    let bind = |address, what: &'static str, reuse_port: bool| async move {
+        bind_listener(address, reuse_port)
             .with_context(|| format!("cannot listen for {what} on {address}"))
     };
-    let rest = bind(args.listen, "REST").await?;
-    let grpc = bind(args.grpc_listen, "gRPC").await?;
-    let admin = bind(args.admin_listen, "admin").await?;
+    let rest = bind(args.listen, "REST", args.reuse_port).await?;
+    let grpc = bind(args.grpc_listen, "gRPC", args.reuse_port).await?;
+    let admin = bind(args.admin_listen, "admin", false).await?;
     let addresses = Addresses {
         rest: rest.local_addr()?,
         grpc: grpc.local_addr()?,
@@ -316,4 +315,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
+}
+
+/// A listener on `address`, with SO_REUSEPORT when asked (several processes share the port).
+fn bind_listener(address: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted cell may rebind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(address)?;
+    socket.listen(1024)
 }

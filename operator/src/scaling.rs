@@ -33,6 +33,7 @@ use serde_json::json;
 use crate::build::{APP_LABEL, SERVICE_LABEL, WORKMODEL_LABEL};
 use crate::guardian::{ContainerKey, Decision, Guardian, ResourceName, Tick};
 use crate::scaler::{self, ResizeState};
+use crate::telemetry::{Health, ScalingResult};
 use crate::usage::{self, Prometheus, UsageError};
 
 /// How the controller runs.
@@ -44,6 +45,8 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Only this namespace's policies; all when `None`.
     pub namespace: Option<String>,
+    /// Where every action is counted (`cellmesh_scaling_*` on `/metrics`).
+    pub health: Arc<Health>,
 }
 
 /// What the controller remembers of one policy between ticks.
@@ -52,7 +55,30 @@ struct PolicyState {
     guardian: Guardian,
     /// Resize patches the kubelet called infeasible, per pod: not sent again.
     infeasible: BTreeMap<String, serde_json::Value>,
+    /// The last resize sent per pod: its patch, its changes as (resource, up) for the
+    /// metrics, and the kubelet verdict already counted for it.
+    sent: BTreeMap<String, Sent>,
     last_action: Option<(String, Time)>,
+}
+
+/// A resize patch sent to one pod.
+struct Sent {
+    patch: serde_json::Value,
+    changes: Vec<(&'static str, bool)>,
+    /// `infeasible` or `deferred` once counted, so each verdict is counted once.
+    verdict: Option<ScalingResult>,
+}
+
+impl PolicyState {
+    fn new(uid: String) -> Self {
+        Self {
+            uid,
+            guardian: Guardian::new(),
+            infeasible: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            last_action: None,
+        }
+    }
 }
 
 struct Context {
@@ -110,6 +136,7 @@ fn error_policy(_: Arc<ScalingPolicy>, err: &Error, _: Arc<Context>) -> Action {
 }
 
 async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<Action, Error> {
+    let tick_started = Instant::now();
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     let spec = &policy.spec;
@@ -188,20 +215,10 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
         let uid = policy.uid().unwrap_or_default();
         let state = states
             .entry((namespace.clone(), name.clone()))
-            .or_insert_with(|| PolicyState {
-                uid: uid.clone(),
-                guardian: Guardian::new(),
-                infeasible: BTreeMap::new(),
-                last_action: None,
-            });
+            .or_insert_with(|| PolicyState::new(uid.clone()));
         if state.uid != uid {
             // Deleted and recreated under the same name: start afresh.
-            *state = PolicyState {
-                uid,
-                guardian: Guardian::new(),
-                infeasible: BTreeMap::new(),
-                last_action: None,
-            };
+            *state = PolicyState::new(uid);
         }
         state.guardian.tick(spec, elapsed, &observations)
     };
@@ -228,7 +245,8 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
     let mut infeasible = Vec::new();
     for pod in &pods {
         let pod_name = pod.name_any();
-        match scaler::resize_state(pod, pod.metadata.generation.unwrap_or(0)) {
+        let state = scaler::resize_state(pod, pod.metadata.generation.unwrap_or(0));
+        match &state {
             ResizeState::Deferred(message) | ResizeState::Failed(message) => {
                 pending.push(format!("{pod_name}: {message}"));
             }
@@ -236,11 +254,18 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
             ResizeState::Infeasible(message) => infeasible.push(format!("{pod_name}: {message}")),
             ResizeState::NotObserved | ResizeState::Done => {}
         }
+        kubelet_verdict(&context, &policy, &pod_name, &state).await;
     }
 
-    if spec.mode != ScalingMode::Off {
-        apply(&context, &policy, &pods_api, &tick, &mut status, &now_time).await;
+    match spec.mode {
+        ScalingMode::Off => recommend(&context, &policy, &tick).await,
+        _ => apply(&context, &policy, &pods_api, &tick, &mut status, &now_time).await,
     }
+    context
+        .config
+        .health
+        .metrics
+        .scaling_decision(tick_started.elapsed());
 
     conditions::set(
         &mut status.conditions,
@@ -374,6 +399,32 @@ async fn apply(
             ),
         };
         tracing::info!(policy = %key.1, namespace = %key.0, %reason, "{note}");
+        let changes = action_labels(&decisions);
+        let counted = match (&result, reason) {
+            (Err(_), _) => ScalingResult::Failed,
+            (Ok(_), "ResizeInfeasible") => ScalingResult::Infeasible,
+            (Ok(_), _) => ScalingResult::Applied,
+        };
+        for &(resource, up) in &changes {
+            context
+                .config
+                .health
+                .metrics
+                .scaling_action(resource, up, counted);
+        }
+        if result.is_ok() {
+            let mut states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(state) = states.get_mut(&key) {
+                state.sent.insert(
+                    pod.to_owned(),
+                    Sent {
+                        patch: patch.clone(),
+                        changes,
+                        verdict: (counted == ScalingResult::Infeasible).then_some(counted),
+                    },
+                );
+            }
+        }
         if result.is_ok() {
             status.last_action = Some(description.clone());
             status.last_scale_time = Some(now.clone());
@@ -382,21 +433,132 @@ async fn apply(
                 state.last_action = Some((description.clone(), now.clone()));
             }
         }
-        let event = Event {
-            type_: event_type,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: "Resize".into(),
-            secondary: None,
-        };
-        if let Err(err) = context
-            .recorder
-            .publish(&event, &policy.object_ref(&()))
-            .await
-        {
-            tracing::debug!(%err, "cannot record an Event");
-        }
+        publish(context, policy, event_type, reason, note).await;
     }
+}
+
+/// Records a Kubernetes Event on the policy (best effort: a lost Event is logged, not fatal).
+async fn publish(
+    context: &Context,
+    policy: &ScalingPolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Resize".into(),
+        secondary: None,
+    };
+    if let Err(err) = context
+        .recorder
+        .publish(&event, &policy.object_ref(&()))
+        .await
+    {
+        tracing::debug!(%err, "cannot record an Event");
+    }
+}
+
+/// `(resource, up)` of every change in `decisions`, the labels of the action metric.
+fn action_labels(decisions: &[&Decision]) -> Vec<(&'static str, bool)> {
+    decisions
+        .iter()
+        .flat_map(|d| d.changes.iter())
+        .map(|c| (c.resource.field(), c.is_up()))
+        .collect()
+}
+
+/// `mode: Off`: every decision is a recommendation only — counted, logged and recorded as an
+/// Event; the status carries the recommended sizes.
+async fn recommend(context: &Context, policy: &ScalingPolicy, tick: &Tick) {
+    for decision in &tick.decisions {
+        let description = decision
+            .changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}/{} {}",
+                    decision.key.pod,
+                    decision.key.container,
+                    c.describe()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        for (resource, up) in action_labels(&[decision]) {
+            context
+                .config
+                .health
+                .metrics
+                .scaling_action(resource, up, ScalingResult::Recommended);
+        }
+        tracing::info!(
+            policy = %policy.name_any(),
+            namespace = %policy.namespace().unwrap_or_default(),
+            reason = "Recommended",
+            "{description} (mode Off: not applied)"
+        );
+        publish(
+            context,
+            policy,
+            EventType::Normal,
+            "Recommended",
+            format!("{description} (mode Off: not applied)"),
+        )
+        .await;
+    }
+}
+
+/// Counts, logs and records the kubelet's verdict on the last resize sent to `pod` — once per
+/// resize. An `Infeasible` resize is remembered so the same patch is not sent again.
+async fn kubelet_verdict(
+    context: &Context,
+    policy: &ScalingPolicy,
+    pod: &str,
+    state: &ResizeState,
+) {
+    let (result, message) = match state {
+        ResizeState::Infeasible(message) => (ScalingResult::Infeasible, message),
+        ResizeState::Deferred(message) => (ScalingResult::Deferred, message),
+        ResizeState::Failed(message) => (ScalingResult::Failed, message),
+        _ => return,
+    };
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let changes = {
+        let mut states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(policy_state) = states.get_mut(&key) else {
+            return;
+        };
+        let Some(sent) = policy_state.sent.get_mut(pod) else {
+            return;
+        };
+        if sent.verdict == Some(result) {
+            return;
+        }
+        sent.verdict = Some(result);
+        let changes = sent.changes.clone();
+        if result == ScalingResult::Infeasible {
+            let patch = sent.patch.clone();
+            policy_state.infeasible.insert(pod.to_owned(), patch);
+        }
+        changes
+    };
+    for &(resource, up) in &changes {
+        context
+            .config
+            .health
+            .metrics
+            .scaling_action(resource, up, result);
+    }
+    let (type_, reason) = match result {
+        ScalingResult::Infeasible => (EventType::Warning, "ResizeInfeasible"),
+        ScalingResult::Deferred => (EventType::Normal, "ResizeDeferred"),
+        _ => (EventType::Warning, "ResizeFailed"),
+    };
+    tracing::info!(policy = %key.1, namespace = %key.0, %reason, pod, "{message}");
+    publish(context, policy, type_, reason, format!("{pod}: {message}")).await;
 }
 
 async fn read_usage(

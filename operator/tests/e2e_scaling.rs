@@ -62,6 +62,14 @@ fn fake_prometheus(answer: Answer) -> SocketAddr {
     rx.recv_timeout(Duration::from_secs(10)).unwrap()
 }
 
+/// The value of the sample `series` (name and labels exactly as exposed) in a /metrics text;
+/// 0 when absent.
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
 fn cpu_limit(cluster: &Cluster) -> String {
     let pod = cluster.get(NS, "pod/web-0").unwrap();
     pod["spec"]["containers"][0]["resources"]["limits"]["cpu"]
@@ -141,7 +149,7 @@ spec:
 "#
     );
     cluster.apply(NS, &policy);
-    let _operator = cluster.operator("solo", &[]);
+    let operator = cluster.operator("solo", &[]);
 
     // Usage at the limit (0.5 of 0.5) → two up events → +750m, capped at usage / lower =
     // 1.25 cores; the request keeps its 1:2 ratio.
@@ -181,6 +189,18 @@ spec:
             .any(|e| e["reason"] == "Resized"
                 && e["note"].as_str().is_some_and(|n| n.contains("500m→1250m"))),
         "no Resized event: {events}"
+    );
+    // The action is counted on /metrics under the names dashboards/scaling.json queries.
+    let (code, metrics) = operator.http_get("/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let applied = metric_value(
+        &metrics,
+        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#,
+    );
+    assert!(applied >= 1.0, "{metrics}");
+    assert!(
+        metric_value(&metrics, "cellmesh_scaling_decision_seconds_count") >= 1.0,
+        "{metrics}"
     );
 
     // Prometheus fails: the policy says so and holds, even though usage would scale.

@@ -9,8 +9,14 @@
 //!    requests (cellmesh-load's latency counts successes only, from the due time: corrected
 //!    for coordinated omission) is compared to the unloaded p99.
 //!
-//! Every scenario runs its own cell on its own 127.0.0.x address and stops it before the
-//! next. Ratios compare figures of the same run only.
+//! 3. Acceptor vs SO_REUSEPORT: the same two-core layout done the other way — two whole
+//!    cells (inline, one worker each) sharing the REST port with `--reuse-port`, the kernel
+//!    spreading connections — on the heavy π and on a light request (`--light-digits`),
+//!    where the acceptor's per-request hand-off to a worker process shows most; the light
+//!    request also runs on one inline cell (no hand-off at all) as the overhead baseline.
+//!
+//! Every scenario runs its own cell(s) on its own 127.0.0.x address and stops them before
+//! the next. Ratios compare figures of the same run only.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -41,6 +47,9 @@ pub struct EngineBench {
     /// π digits per request (CPU cost grows with the square).
     #[arg(long, default_value_t = 400)]
     pub digits: u32,
+    /// π digits of the light request of the acceptor-vs-SO_REUSEPORT comparison.
+    #[arg(long, default_value_t = 10)]
+    pub light_digits: u32,
     /// Connections of the closed-loop throughput runs.
     #[arg(long, default_value_t = 16)]
     pub connections: u32,
@@ -97,6 +106,10 @@ pub fn parse_run(output: &str) -> Result<Run> {
 struct Setup {
     /// Profile YAML, or `None` for the default (µBench's layout from the workmodel).
     profile: Option<String>,
+    /// The workmodel file (in the bench directory): `pi.json` or `pi-light.json`.
+    workmodel: &'static str,
+    /// `Some(n)`: n cells share the REST port with `--reuse-port`; `None`: one cell.
+    reuse_port: Option<u32>,
 }
 
 fn process_profile(pool: u32, concurrency: u32, queue_limit: u32) -> Setup {
@@ -106,6 +119,27 @@ fn process_profile(pool: u32, concurrency: u32, queue_limit: u32) -> Setup {
              concurrency: {concurrency}\n  queueLimit: {queue_limit}\n  requestTimeout: 120s\n  \
              idleTimeout: 0s\n"
         )),
+        workmodel: "pi.json",
+        reuse_port: None,
+    }
+}
+
+/// One inline worker per cell (`cells` cells sharing the port when given).
+fn inline_profile(concurrency: u32, workmodel: &'static str, cells: Option<u32>) -> Setup {
+    Setup {
+        profile: Some(format!(
+            "kind: Profile\nspec:\n  isolate: inline\n  poolMin: 1\n  poolLimit: 1\n  \
+             concurrency: {concurrency}\n  queueLimit: 1024\n  requestTimeout: 120s\n"
+        )),
+        workmodel,
+        reuse_port: cells,
+    }
+}
+
+impl Setup {
+    fn on(mut self, workmodel: &'static str) -> Self {
+        self.workmodel = workmodel;
+        self
     }
 }
 
@@ -124,27 +158,42 @@ fn start(
 ) -> Result<Started> {
     let ip = Ipv4Addr::new(127, 0, 0, 21);
     let rest = bench_procs::free_addr(ip)?;
-    let mut command = Command::new(&binaries.cell);
-    command
-        .arg("--workmodel")
-        .arg(dir.join("pi.json"))
-        .args(["--service", "pi"])
-        .arg("--listen")
-        .arg(rest.to_string())
-        .arg("--grpc-listen")
-        .arg(bench_procs::free_addr(ip)?.to_string())
-        .arg("--admin-listen")
-        .arg(bench_procs::free_addr(ip)?.to_string())
-        .args(["--drain-grace", "0s"]);
-    if let Some(profile) = &setup.profile {
-        let path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&path, profile)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        command.arg("--profile").arg(path);
-    }
+    let grpc = bench_procs::free_addr(ip)?;
+    let profile = match &setup.profile {
+        Some(profile) => {
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, profile)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
     let mut servers = Servers::new(log_dir)?;
-    servers.start(name, &mut command)?;
-    servers.wait_ready(name, rest, PATH, Duration::from_secs(30))?;
+    for i in 0..setup.reuse_port.unwrap_or(1) {
+        let admin = bench_procs::free_addr(ip)?;
+        let mut command = Command::new(&binaries.cell);
+        command
+            .arg("--workmodel")
+            .arg(dir.join(setup.workmodel))
+            .args(["--service", "pi"])
+            .arg("--listen")
+            .arg(rest.to_string())
+            .arg("--grpc-listen")
+            .arg(grpc.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .args(["--drain-grace", "0s"]);
+        if setup.reuse_port.is_some() {
+            command.arg("--reuse-port");
+        }
+        if let Some(path) = &profile {
+            command.arg("--profile").arg(path);
+        }
+        let cell = format!("{name}-{i}");
+        servers.start(&cell, &mut command)?;
+        // Per cell: with a shared port, any of them would answer on `rest`.
+        servers.wait_ready(&cell, admin, "/ready", Duration::from_secs(30))?;
+    }
     Ok(Started {
         servers,
         url: format!("http://{rest}{PATH}"),
@@ -187,11 +236,19 @@ pub struct Results {
     pub with_admission: Run,
     pub with_auto_admission: Run,
     pub unbounded: Run,
+    /// Two inline cells sharing the port (SO_REUSEPORT), heavy π.
+    pub reuseport_heavy: Run,
+    /// Light request: one inline cell (no hand-off), one worker process behind the
+    /// acceptor, two worker processes, two cells sharing the port.
+    pub light_inline: Run,
+    pub light_process: Run,
+    pub light_two_processes: Run,
+    pub light_reuseport: Run,
 }
 
 pub fn run(args: &EngineBench) -> Result<()> {
-    if args.duration == 0 || args.connections == 0 || args.digits == 0 {
-        bail!("--duration, --connections and --digits must be at least 1");
+    if args.duration == 0 || args.connections == 0 || args.digits == 0 || args.light_digits == 0 {
+        bail!("--duration, --connections, --digits and --light-digits must be at least 1");
     }
     bench_procs::install_interrupt_handler()?;
     let binaries = bench_procs::build_release(false)?;
@@ -204,6 +261,11 @@ pub fn run(args: &EngineBench) -> Result<()> {
             "range_complexity": [args.digits, args.digits], "mean_response_size": 0.01}},
         "workers": 2, "threads": 16}});
     std::fs::write(dir.join("pi.json"), workmodel.to_string())?;
+    let light = serde_json::json!({"pi": {
+        "internal_service": {"compute_pi": {
+            "range_complexity": [args.light_digits, args.light_digits], "mean_response_size": 0.01}},
+        "workers": 1, "threads": 16}});
+    std::fs::write(dir.join("pi-light.json"), light.to_string())?;
     let load_before = load_average();
     let (secs, warm) = (args.duration, args.warmup);
     let closed = |name: &str, setup: &Setup, connections: u32| -> Result<Run> {
@@ -218,9 +280,39 @@ pub fn run(args: &EngineBench) -> Result<()> {
     let mut results = Results {
         one_process: closed("process-x1", &process_profile(1, 4, 1024), args.connections)?,
         two_processes: closed("process-x2", &process_profile(2, 4, 1024), args.connections)?,
-        mubench_layout: closed("mubench-layout", &Setup { profile: None }, args.connections)?,
+        mubench_layout: closed(
+            "mubench-layout",
+            &Setup {
+                profile: None,
+                workmodel: "pi.json",
+                reuse_port: None,
+            },
+            args.connections,
+        )?,
+        reuseport_heavy: closed(
+            "reuseport-x2",
+            &inline_profile(4, "pi.json", Some(2)),
+            args.connections,
+        )?,
         ..Results::default()
     };
+    let c = args.connections;
+    results.light_inline = closed("light-inline", &inline_profile(4, "pi-light.json", None), c)?;
+    results.light_process = closed(
+        "light-process-x1",
+        &process_profile(1, 4, 1024).on("pi-light.json"),
+        c,
+    )?;
+    results.light_two_processes = closed(
+        "light-process-x2",
+        &process_profile(2, 4, 1024).on("pi-light.json"),
+        c,
+    )?;
+    results.light_reuseport = closed(
+        "light-reuseport-x2",
+        &inline_profile(4, "pi-light.json", Some(2)),
+        c,
+    )?;
 
     let admission = process_profile(2, 1, 2);
     results.unloaded = closed("unloaded", &admission, 1)?;
@@ -325,6 +417,56 @@ pub fn render(r: &Results, args: &EngineBench) -> String {
         ),
     );
     row(
+        "SO_REUSEPORT: 2 inline cells (1 worker each) sharing the port",
+        format!("closed, {c} conns"),
+        &r.reuseport_heavy,
+        format!(
+            "2 processes = {} of it",
+            ratio(r.two_processes.success_rps, r.reuseport_heavy.success_rps)
+        ),
+    );
+    let light = format!("light π ({} digits)", args.light_digits);
+    row(
+        &format!("{light}: 1 inline cell, no hand-off"),
+        format!("closed, {c} conns"),
+        &r.light_inline,
+        "1.00× (baseline)".into(),
+    );
+    row(
+        &format!("{light}: acceptor + 1 worker process"),
+        format!("closed, {c} conns"),
+        &r.light_process,
+        format!(
+            "{} of inline; hand-off ≈ {} per request",
+            ratio(r.light_process.success_rps, r.light_inline.success_rps),
+            per_request_cost(&r.light_process, &r.light_inline)
+        ),
+    );
+    row(
+        &format!("{light}: acceptor + 2 worker processes"),
+        format!("closed, {c} conns"),
+        &r.light_two_processes,
+        format!(
+            "{} of inline",
+            ratio(
+                r.light_two_processes.success_rps,
+                r.light_inline.success_rps
+            )
+        ),
+    );
+    row(
+        &format!("{light}: SO_REUSEPORT, 2 inline cells"),
+        format!("closed, {c} conns"),
+        &r.light_reuseport,
+        format!(
+            "2 processes = {} of it",
+            ratio(
+                r.light_two_processes.success_rps,
+                r.light_reuseport.success_rps
+            )
+        ),
+    );
+    row(
         "unloaded (2 processes, concurrency 1)",
         "closed, 1 conn".into(),
         &r.unloaded,
@@ -385,7 +527,29 @@ pub fn render(r: &Results, args: &EngineBench) -> String {
         r.with_auto_admission.p99_ms,
         ratio(r.unbounded.p99_ms, r.unloaded.p99_ms),
     );
+    let _ = writeln!(
+        out,
+        "- Acceptor vs SO_REUSEPORT (2 processes each): heavy π {}, light π {} \
+         (acceptor throughput as a share of SO_REUSEPORT's); the acceptor's hand-off costs \
+         ≈ {} per request of CPU time across the machine.",
+        ratio(r.two_processes.success_rps, r.reuseport_heavy.success_rps),
+        ratio(
+            r.light_two_processes.success_rps,
+            r.light_reuseport.success_rps
+        ),
+        per_request_cost(&r.light_process, &r.light_inline),
+    );
     out
+}
+
+/// Extra time per request of `run` over `baseline` (both closed loops saturating the
+/// machine, so 1/throughput is the machine's time per request).
+fn per_request_cost(run: &Run, baseline: &Run) -> String {
+    if run.success_rps <= 0.0 || baseline.success_rps <= 0.0 {
+        return "–".to_owned();
+    }
+    let micros = 1e6 / run.success_rps - 1e6 / baseline.success_rps;
+    format!("{micros:.0} µs")
 }
 
 fn conditions(args: &EngineBench, before: &str, after: &str) -> String {
@@ -453,11 +617,17 @@ mod tests {
             with_admission: run(175.0, 14.0),
             with_auto_admission: run(170.0, 20.0),
             unbounded: run(170.0, 900.0),
+            reuseport_heavy: run(200.0, 10.0),
+            light_inline: run(10_000.0, 1.0),
+            light_process: run(5_000.0, 2.0),
+            light_two_processes: run(6_000.0, 2.0),
+            light_reuseport: run(12_000.0, 1.0),
         };
         let args = EngineBench {
             duration: 1,
             warmup: 0,
             digits: 1,
+            light_digits: 1,
             connections: 16,
             note: None,
             record: false,
@@ -474,5 +644,11 @@ mod tests {
             text.contains("the unbounded queue reaches 112.50×"),
             "{text}"
         );
+        // 1/5000 s − 1/10000 s = 100 µs of hand-off per request.
+        assert!(
+            text.contains("0.50× of inline; hand-off ≈ 100 µs per request"),
+            "{text}"
+        );
+        assert!(text.contains("heavy π 0.95×, light π 0.50×"), "{text}");
     }
 }

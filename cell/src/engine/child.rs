@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::error::{StageError, StageErrorKind};
-use super::pipeline::{Emitter, Functions, Pipeline};
+use super::pipeline::{Batching, Emitter, Functions, Pipeline};
 use super::pool::{JobId, WorkerId};
 use super::process::{FromWorker, SOCKET_ENV, ToWorker, WORKER_ID_ENV, connection, decode, encode};
 
@@ -78,12 +78,13 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
     conn.send(encode(&FromWorker::Hello { worker: id }))
         .await
         .map_err(send_err)?;
-    let (spec, heartbeat_ms) = match conn.next().await {
+    let (spec, heartbeat_ms, batch) = match conn.next().await {
         Some(Ok(frame)) => match decode(&frame)? {
             ToWorker::Init {
                 pipeline,
                 heartbeat_ms,
-            } => (pipeline, heartbeat_ms),
+                batch,
+            } => (pipeline, heartbeat_ms, batch),
             other => return Err(format!("expected init, got {other:?}")),
         },
         _ => return Err("the engine closed the connection before init".to_owned()),
@@ -91,7 +92,17 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
     if heartbeat_ms > 0 {
         start_heartbeats(&socket, id, Duration::from_millis(heartbeat_ms))?;
     }
-    let pipeline = match Pipeline::compile(&spec, &functions) {
+    let (outbox, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
+    let batching = {
+        let outbox = outbox.clone();
+        Batching::new(
+            batch,
+            Arc::new(move |size| {
+                let _ = outbox.send(FromWorker::Batched { size });
+            }),
+        )
+    };
+    let pipeline = match Pipeline::compile_batched(&spec, &functions, &batching) {
         Ok(pipeline) => Arc::new(pipeline),
         Err(errors) => {
             let error = errors
@@ -112,7 +123,6 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
         .map_err(send_err)?;
 
     let (mut sink, mut frames) = conn.split();
-    let (outbox, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
     let mut tasks: JoinSet<JobId> = JoinSet::new();
     let mut running: HashMap<JobId, AbortHandle> = HashMap::new();
     let mut retiring = false;
@@ -128,7 +138,9 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
                     return Ok(());
                 };
                 match decode(&frame)? {
-                    ToWorker::Run { job, input } => {
+                    ToWorker::Run { job, input, remaining_ms } => {
+                        let deadline = remaining_ms
+                            .map(|ms| Instant::now() + Duration::from_millis(ms));
                         let pipeline = Arc::clone(&pipeline);
                         let outbox = outbox.clone();
                         let handle = tasks.spawn(async move {
@@ -136,7 +148,7 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
                             let emitter = Emitter::new(move |value| {
                                 outputs.send(FromWorker::Output { job, value }).is_ok()
                             });
-                            let _ = outbox.send(match pipeline.run(input, &emitter).await {
+                            let _ = outbox.send(match pipeline.run_until(input, &emitter, deadline).await {
                                 Ok(()) => FromWorker::Done { job },
                                 Err(error) => FromWorker::Failed { job, error },
                             });
@@ -153,6 +165,7 @@ async fn serve(socket: PathBuf, id: WorkerId, functions: Functions) -> Result<()
                             });
                         }
                     }
+                    ToWorker::Batch { params } => batching.set(params),
                     ToWorker::Retire => retiring = true,
                     ToWorker::Init { .. } => {}
                 }

@@ -80,6 +80,8 @@ pub enum StageErrorKind {
     ExecExited,
     /// An exec worker did not answer within the stage's timeout.
     ExecTimedOut,
+    /// The request's deadline passed while it waited for its micro-batch; it did not run.
+    DeadlineExceeded,
 }
 
 impl StageError {
@@ -101,6 +103,7 @@ impl StageError {
             StageErrorKind::ExecProtocol => "EXEC_PROTOCOL",
             StageErrorKind::ExecExited => "EXEC_EXITED",
             StageErrorKind::ExecTimedOut => "EXEC_TIMED_OUT",
+            StageErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
         }
     }
 
@@ -135,7 +138,9 @@ impl EngineError {
                 StageErrorKind::Failed | StageErrorKind::EnsembleFailed => S::INTERNAL_SERVER_ERROR,
                 StageErrorKind::NoRoute => S::BAD_REQUEST,
                 StageErrorKind::ExecProtocol | StageErrorKind::ExecExited => S::BAD_GATEWAY,
-                StageErrorKind::ExecTimedOut => S::GATEWAY_TIMEOUT,
+                StageErrorKind::ExecTimedOut | StageErrorKind::DeadlineExceeded => {
+                    S::GATEWAY_TIMEOUT
+                }
             },
         }
     }
@@ -151,7 +156,9 @@ impl EngineError {
                 StageErrorKind::Failed | StageErrorKind::EnsembleFailed => C::Internal,
                 StageErrorKind::NoRoute => C::InvalidArgument,
                 StageErrorKind::ExecProtocol | StageErrorKind::ExecExited => C::Unavailable,
-                StageErrorKind::ExecTimedOut => C::DeadlineExceeded,
+                StageErrorKind::ExecTimedOut | StageErrorKind::DeadlineExceeded => {
+                    C::DeadlineExceeded
+                }
             },
         }
     }

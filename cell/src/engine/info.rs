@@ -7,7 +7,8 @@
 //! `cellmesh_engine_`): `queue_length`, `in_flight`, `workers{state}`, `pool_limit`,
 //! `cpu_limit`, `requests_accepted_total`, `requests_rejected_total`,
 //! `requests_timed_out_total{phase="queue"|"running"}`, `worker_restarts_total`,
-//! `profile_reloads_total`, `profile_rejected_total`.
+//! `profile_reloads_total`, `profile_rejected_total`, and the histogram `batch_size`
+//! (requests per micro-batch).
 
 use std::sync::Weak;
 
@@ -18,6 +19,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde::Serialize;
 
+use super::pipeline::BatchSummary;
 use super::pool::Shared;
 
 /// Counters since the engine started.
@@ -88,6 +90,8 @@ pub struct EngineInfo {
     pub counters: Counters,
     /// The profile in force.
     pub profile: ProfileSpec,
+    /// Micro-batches formed so far (profile `batch`).
+    pub batches: BatchSummary,
     /// Profile changes that wait for a restart.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub restart_pending: Vec<String>,
@@ -230,6 +234,13 @@ impl Collector for EngineCollector {
             "Profile files refused as invalid.",
             c.profile_rejected,
         )?;
+        let sizes = &shared.batch_stats.histogram;
+        sizes.encode(e.encode_descriptor(
+            "cellmesh_engine_batch_size",
+            "Requests per micro-batch handed to a pipeline leaf.",
+            None,
+            sizes.metric_type(),
+        )?)?;
         Ok(())
     }
 }

@@ -16,6 +16,10 @@
 //!   when the mounted profile changes. [`Engine::drain`] stops admission and lets accepted
 //!   work finish within `terminationTimeout`. [`Engine::info`] and
 //!   [`Engine::register_metrics`] expose the state.
+//! - The profile's `batch` micro-batches every pipeline leaf among the requests one worker
+//!   runs at once (so batches are at most `concurrency` large); the parameters are live, a
+//!   reload applies from the next batch on, and process workers are told. Batch sizes are
+//!   in [`EngineInfo::batches`] and the `cellmesh_engine_batch_size` histogram.
 //! - `isolate: process` re-executes the cell binary as workers: the binary's `main` must
 //!   call [`run_worker_if_requested`] first.
 
@@ -45,7 +49,10 @@ pub use self::cgroup::{CGROUP_ROOT_ENV, CpuLimit, read_cpu_limit, root_from_env}
 pub use self::child::run_worker_if_requested;
 pub use self::error::{EngineError, StageError, StageErrorKind};
 pub use self::info::{Counters, EngineCollector, EngineInfo, WorkerInfo};
-pub use self::pipeline::{Emitter, Function, Functions, Pipeline};
+pub use self::pipeline::{
+    BatchItem, BatchParams, BatchStats, BatchSummary, Batching, Emitter, Function, Functions,
+    Pipeline,
+};
 pub use self::pool::Timing;
 use self::pool::{Abandon, Backend, Event, JobId, Shared};
 pub use self::process::{SOCKET_ENV, WORKER_ID_ENV, WorkerCommand};
@@ -123,14 +130,17 @@ impl Engine {
     pub fn start(config: EngineConfig) -> Result<Self, StartError> {
         config.profile.validate()?;
         // Compile once here so a bad pipeline fails the start, not every worker.
-        let pipeline =
-            Pipeline::compile(&config.pipeline, &config.functions).map_err(StartError::Pipeline)?;
+        Pipeline::compile(&config.pipeline, &config.functions).map_err(StartError::Pipeline)?;
         let runtime = tokio::runtime::Handle::current();
-        if config.profile.batch.size > 1 {
-            tracing::warn!(
-                "batch (micro-batching) is not implemented yet; stages run one request at a time"
-            );
-        }
+        warn_if_batches_cannot_fill(&config.profile);
+        let batch_stats = Arc::new(BatchStats::default());
+        let batching = {
+            let stats = Arc::clone(&batch_stats);
+            Batching::new(
+                BatchParams::from(&config.profile.batch),
+                Arc::new(move |size| stats.record(size)),
+            )
+        };
         // Fixed for the engine's life: `isolate` and `cpuPinning` changes wait for a restart.
         let pinning: Option<Arc<[usize]>> =
             match (config.profile.cpu_pinning, config.profile.isolate) {
@@ -145,7 +155,11 @@ impl Engine {
             };
         let backend: Box<dyn Backend> = match config.profile.isolate {
             Isolate::Inline => Box::new(worker::InlineBackend {
-                pipeline: Arc::new(pipeline),
+                // Rebuilt with the live batching parameters (the check above built none).
+                pipeline: Arc::new(
+                    Pipeline::compile_batched(&config.pipeline, &config.functions, &batching)
+                        .map_err(StartError::Pipeline)?,
+                ),
                 runtime: runtime.clone(),
             }),
             Isolate::Thread => Box::new(worker::ThreadBackend {
@@ -153,6 +167,7 @@ impl Engine {
                 functions: config.functions.clone(),
                 runtime: runtime.clone(),
                 pinning,
+                batching: batching.clone(),
             }),
             Isolate::Process => {
                 let command = match config.worker_command.clone() {
@@ -163,12 +178,19 @@ impl Engine {
                     command,
                     config.pipeline.clone(),
                     pinning,
+                    batching.clone(),
                 )?)
             }
         };
         let cgroup_root = config.cgroup_root.clone().unwrap_or_else(root_from_env);
         let cpu_limit = read_cpu_limit(&cgroup_root);
-        let shared = Shared::new(config.profile, cpu_limit, backend, config.timing);
+        let shared = Shared::new(
+            config.profile,
+            cpu_limit,
+            backend,
+            config.timing,
+            (batching, batch_stats),
+        );
         shared.tick(None);
         runtime.spawn(housekeeping(Arc::downgrade(&shared), cgroup_root));
         Ok(Self { shared })
@@ -212,6 +234,7 @@ impl Engine {
     /// for a restart (reported in `info().restart_pending`).
     pub fn apply_profile(&self, profile: ProfileSpec) -> Result<(), ProfileError> {
         profile.validate()?;
+        warn_if_batches_cannot_fill(&profile);
         self.shared.set_profile(profile);
         Ok(())
     }
@@ -272,6 +295,19 @@ impl Engine {
             took: started.elapsed(),
             abandoned,
         }
+    }
+}
+
+/// Batches form among the requests one worker runs at once, so `concurrency` caps them.
+fn warn_if_batches_cannot_fill(profile: &ProfileSpec) {
+    if profile.batch.size > profile.concurrency {
+        tracing::warn!(
+            "batch.size {} is greater than concurrency {}: a worker never holds more than {} \
+             requests, so its batches stay at most that large",
+            profile.batch.size,
+            profile.concurrency,
+            profile.concurrency
+        );
     }
 }
 

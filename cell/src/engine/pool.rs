@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::cgroup::CpuLimit;
 use super::error::EngineError;
 use super::info::{Counters, EngineInfo, WorkerInfo};
+use super::pipeline::{BatchParams, BatchStats, Batching};
 
 /// Identifies one request inside the engine.
 pub type JobId = u64;
@@ -53,6 +54,8 @@ pub struct Assignment {
     pub events: mpsc::UnboundedSender<Event>,
     /// Cancelled when the caller gives up (deadline, disconnect, shutdown).
     pub cancel: CancellationToken,
+    /// When the request's deadline passes (micro-batches leave expired requests out).
+    pub deadline: Instant,
 }
 
 /// A running worker, as the pool sees it.
@@ -161,6 +164,10 @@ pub struct Shared {
     state: Mutex<PoolState>,
     backend: Box<dyn Backend>,
     pub(crate) timing: Timing,
+    /// The live micro-batching parameters, shared with the workers.
+    pub(crate) batching: Batching,
+    /// Sizes of the batches the workers formed.
+    pub(crate) batch_stats: Arc<BatchStats>,
     /// Woken whenever the pool becomes empty of queued and running requests.
     pub(crate) idle: Notify,
     me: Weak<Shared>,
@@ -181,6 +188,7 @@ impl Shared {
         cpu_limit: CpuLimit,
         backend: Box<dyn Backend>,
         timing: Timing,
+        (batching, batch_stats): (Batching, Arc<BatchStats>),
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             state: Mutex::new(PoolState {
@@ -203,6 +211,8 @@ impl Shared {
             }),
             backend,
             timing,
+            batching,
+            batch_stats,
             idle: Notify::new(),
             me: me.clone(),
         })
@@ -400,6 +410,7 @@ impl Shared {
             pending.push("cpuPinning takes effect after a restart".to_owned());
             profile.cpu_pinning = st.profile.cpu_pinning;
         }
+        self.batching.set(BatchParams::from(&profile.batch));
         st.profile = profile;
         st.restart_pending = pending;
         st.counters.profile_reloads += 1;
@@ -474,6 +485,7 @@ impl Shared {
             counters: st.counters.clone(),
             profile: st.profile.clone(),
             restart_pending: st.restart_pending.clone(),
+            batches: self.batch_stats.summary(),
             workers,
         }
     }
@@ -526,6 +538,7 @@ impl Shared {
                 input: queued.input,
                 events: queued.events,
                 cancel: queued.cancel,
+                deadline: queued.deadline,
             });
         }
         if st.draining || st.backoff.until.is_some_and(|until| now < until) {

@@ -8,8 +8,11 @@
 //!   `hello`, receives the pipeline (`init`), compiles it and answers `ready` — all within
 //!   `startupTimeout`, else it is killed and counted as a failed start.
 //! - Frames are length-prefixed JSON (`tokio_util`'s `LengthDelimitedCodec` + serde_json):
-//!   parent → worker `init | run | cancel | retire`, worker → parent
-//!   `hello | ready | initFailed | output | done | failed`. Requests are multiplexed by job
+//!   parent → worker `init | run | cancel | batch | retire`, worker → parent
+//!   `hello | ready | initFailed | output | done | failed | batched`. `run` carries the
+//!   time left until the request's deadline; `batch` forwards a hot-reloaded profile's
+//!   micro-batching parameters; `batched` reports each micro-batch's size to the parent's
+//!   histogram. Requests are multiplexed by job
 //!   id, so one worker runs up to `concurrency` requests at once.
 //! - When the connection ends the exit status is collected: after `retire` with status 0
 //!   it is a normal retirement; otherwise every request the worker held fails with
@@ -41,12 +44,13 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::Command;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::error::{EngineError, StageError};
+use super::pipeline::{BatchParams, Batching};
 use super::pool::{Assignment, Backend, Event, JobId, Shared, WorkerHandle, WorkerId};
 
 /// Environment variable carrying the engine's socket path to a worker process.
@@ -65,10 +69,19 @@ pub(crate) enum ToWorker {
         pipeline: Box<Stage>,
         #[serde(default)]
         heartbeat_ms: u64,
+        #[serde(default)]
+        batch: BatchParams,
     },
     Run {
         job: JobId,
         input: Value,
+        /// Milliseconds left until the request's deadline.
+        #[serde(default)]
+        remaining_ms: Option<u64>,
+    },
+    /// The profile's micro-batching parameters changed.
+    Batch {
+        params: BatchParams,
     },
     Cancel {
         job: JobId,
@@ -102,6 +115,10 @@ pub(crate) enum FromWorker {
     Failed {
         job: JobId,
         error: StageError,
+    },
+    /// The worker handed a micro-batch of `size` requests to a leaf.
+    Batched {
+        size: usize,
     },
 }
 
@@ -163,6 +180,8 @@ pub(crate) struct ProcessBackend {
     acceptor: AbortHandle,
     /// `cpuPinning`: the CPUs workers are pinned to in turn.
     pinning: Option<Arc<[usize]>>,
+    /// Live micro-batching parameters, forwarded to every worker.
+    batching: Batching,
 }
 
 /// A private directory holding the socket; removed on drop.
@@ -189,6 +208,7 @@ impl ProcessBackend {
         command: WorkerCommand,
         spec: Stage,
         pinning: Option<Arc<[usize]>>,
+        batching: Batching,
     ) -> std::io::Result<Self> {
         static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +230,7 @@ impl ProcessBackend {
             runtime,
             acceptor,
             pinning,
+            batching,
         })
     }
 }
@@ -261,7 +282,7 @@ impl Backend for ProcessBackend {
             id,
             shared,
             (self.command.clone(), cpu),
-            self.spec.clone(),
+            (self.spec.clone(), self.batching.subscribe()),
             self.socket.path.clone(),
             (rx, beats_rx),
             Arc::clone(&self.waiting),
@@ -303,7 +324,7 @@ impl WorkerHandle for ProcessWorker {
             input,
             events,
             cancel,
-            ..
+            deadline,
         } = assignment;
         let Ok(mut table) = self.inflight.lock() else {
             return;
@@ -348,7 +369,12 @@ impl WorkerHandle for ProcessWorker {
                 watcher,
             },
         );
-        let _ = self.tx.send(ToWorker::Run { job, input });
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let _ = self.tx.send(ToWorker::Run {
+            job,
+            input,
+            remaining_ms: Some(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX)),
+        });
     }
 
     fn retire(&self) {
@@ -379,7 +405,7 @@ async fn run_worker(
     id: WorkerId,
     shared: Weak<Shared>,
     (command, cpu): (WorkerCommand, Option<usize>),
-    spec: Stage,
+    (spec, mut batch_params): (Stage, watch::Receiver<BatchParams>),
     socket: PathBuf,
     (connected, heartbeats): (oneshot::Receiver<Connection>, oneshot::Receiver<Connection>),
     waiting: Waiting,
@@ -430,11 +456,13 @@ async fn run_worker(
         let mut conn = connected
             .await
             .map_err(|_| "the engine stopped".to_owned())?;
+        let batch = *batch_params.borrow_and_update();
         conn.send(encode(&ToWorker::Init {
             pipeline: Box::new(spec),
             heartbeat_ms: u64::try_from(heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1),
+            batch,
         }))
         .await
         .map_err(|e| format!("cannot send init: {e}"))?;
@@ -490,7 +518,19 @@ async fn run_worker(
     .abort_handle();
 
     let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
+        loop {
+            let message = tokio::select! {
+                // Batch changes first: a request submitted after a reload must find its
+                // worker already using the new parameters.
+                biased;
+                Ok(()) = batch_params.changed() => ToWorker::Batch {
+                    params: *batch_params.borrow_and_update(),
+                },
+                message = outbox.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
             if sink.send(encode(&message)).await.is_err() {
                 break;
             }
@@ -525,6 +565,12 @@ async fn run_worker(
             }
             FromWorker::Done { job } => (job, Event::Done),
             FromWorker::Failed { job, error } => (job, Event::Failed(EngineError::Stage(error))),
+            FromWorker::Batched { size } => {
+                if let Some(shared) = shared.upgrade() {
+                    shared.batching.record(size);
+                }
+                continue;
+            }
             other => {
                 tracing::warn!(worker = id, "unexpected message {other:?}");
                 continue;

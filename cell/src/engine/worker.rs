@@ -16,7 +16,7 @@ use cellmesh_api::pipeline::Stage;
 use tokio::sync::mpsc;
 
 use super::error::EngineError;
-use super::pipeline::{Emitter, Functions, Pipeline};
+use super::pipeline::{Batching, Emitter, Functions, Pipeline};
 use super::pool::{Assignment, Backend, Event, Shared, WorkerHandle, WorkerId};
 
 /// Run one request on `pipeline` and report it to the pool.
@@ -32,12 +32,12 @@ pub(crate) async fn execute(
         input,
         events,
         cancel,
-        ..
+        deadline,
     } = assignment;
     let outputs = events.clone();
     let emitter = Emitter::new(move |value| outputs.send(Event::Output(value)).is_ok());
     tokio::select! {
-        result = pipeline.run(input, &emitter) => {
+        result = pipeline.run_until(input, &emitter, Some(deadline)) => {
             let _ = events.send(match result {
                 Ok(()) => Event::Done,
                 Err(stage) => Event::Failed(EngineError::Stage(stage)),
@@ -106,6 +106,8 @@ pub(crate) struct ThreadBackend {
     pub(crate) runtime: tokio::runtime::Handle,
     /// `cpuPinning`: the CPUs workers are pinned to in turn.
     pub(crate) pinning: Option<Arc<[usize]>>,
+    /// Live micro-batching parameters (each thread's pipeline batches with them).
+    pub(crate) batching: Batching,
 }
 
 enum ThreadMessage {
@@ -124,13 +126,14 @@ impl Backend for ThreadBackend {
         let runtime = self.runtime.clone();
         let for_thread = shared.clone();
         let pinning = self.pinning.clone();
+        let batching = self.batching.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("cell-worker-{id}"))
             .spawn(move || {
                 if let Some(allowed) = pinning {
                     super::pinning::pin_worker(id, &allowed);
                 }
-                thread_main(id, &spec, &functions, &for_thread, &runtime);
+                thread_main(id, (&spec, &functions, &batching), &for_thread, &runtime);
             });
         if let Err(e) = spawned {
             let reason = format!("cannot start a worker thread: {e}");
@@ -146,8 +149,7 @@ impl Backend for ThreadBackend {
 
 fn thread_main(
     id: WorkerId,
-    spec: &Stage,
-    functions: &Functions,
+    (spec, functions, batching): (&Stage, &Functions, &Batching),
     shared: &Weak<Shared>,
     main_runtime: &tokio::runtime::Handle,
 ) {
@@ -166,7 +168,7 @@ fn thread_main(
         Ok(runtime) => runtime,
         Err(e) => return report_lost(format!("cannot build the worker's runtime: {e}")),
     };
-    let pipeline = match Pipeline::compile(spec, functions) {
+    let pipeline = match Pipeline::compile_batched(spec, functions, batching) {
         Ok(pipeline) => Arc::new(pipeline),
         Err(errors) => return report_lost(format!("pipeline does not compile: {errors:?}")),
     };

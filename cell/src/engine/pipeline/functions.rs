@@ -14,12 +14,26 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::Emitter;
+use super::{BatchItem, Emitter};
 
 /// A built-in function, called once per request that reaches its stage.
 pub trait Function: Send + Sync + 'static {
     /// Run on `input`, emitting outputs in order; `Err` is the cause shown to the caller.
     fn call<'a>(&'a self, input: Value, out: &'a Emitter) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Run a micro-batch (profile `batch`): one result per item, in order; each item's
+    /// outputs go to its own emitter, and an item's error fails only that item. The
+    /// default runs the items one after another with [`Function::call`]; a function that
+    /// gains from batching (one model call for many inputs) overrides it.
+    fn call_batch(&self, items: Vec<BatchItem>) -> BoxFuture<'_, Vec<Result<(), String>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(self.call(item.input, &item.out).await);
+            }
+            results
+        })
+    }
 }
 
 /// Builds a function from its stage's `args` (absent args = `None`).

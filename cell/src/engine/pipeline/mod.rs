@@ -15,20 +15,27 @@
 //!   - `switch`: the value at the JSON pointer `on` selects the case (strings by value,
 //!     numbers and booleans by their JSON text), else `default`, else a `NO_ROUTE` error;
 //!   - the first error ends the request: later stages do not run.
+//! - Leaves (`function`, `exec`) are micro-batched when the [`Batching`] given to
+//!   [`Pipeline::compile_batched`] says so (see [`batch`]); a request's deadline, given to
+//!   [`Pipeline::run_until`], keeps an expired request out of its batch.
 //! - One `Pipeline` is one instance: exec worker processes belong to it, so each engine
 //!   worker (thread or process) compiles its own.
 
+pub mod batch;
 mod exec;
 pub mod functions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cellmesh_api::pipeline::{PipelineError, Stage, StageKind, StagePath};
 use futures::future::{BoxFuture, join_all, try_join_all};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use self::batch::Batcher;
+pub use self::batch::{BatchItem, BatchParams, BatchStats, BatchSummary, Batching};
 use self::exec::ExecPool;
 pub use self::functions::{Function, FunctionFactory, Functions};
 use crate::engine::error::{StageError, StageErrorKind};
@@ -64,12 +71,61 @@ pub struct Pipeline {
     root: Node,
 }
 
-enum Node {
+/// A leaf stage: what a batch is handed to.
+pub(crate) enum Leaf {
     Function {
         path: String,
         function: Arc<dyn Function>,
     },
     Exec(ExecPool),
+}
+
+impl Leaf {
+    fn path(&self) -> &str {
+        match self {
+            Self::Function { path, .. } => path,
+            Self::Exec(pool) => pool.path(),
+        }
+    }
+
+    pub(crate) fn error(&self, kind: StageErrorKind, message: impl Into<String>) -> StageError {
+        StageError::new(self.path(), kind, message)
+    }
+
+    async fn call(&self, input: Value, out: &Emitter) -> Result<(), StageError> {
+        match self {
+            Self::Function { path, function } => function
+                .call(input, out)
+                .await
+                .map_err(|cause| StageError::new(path.clone(), StageErrorKind::Failed, cause)),
+            Self::Exec(pool) => pool.call(input, out).await,
+        }
+    }
+
+    /// Run a batch; one result per item, in order.
+    pub(crate) async fn call_batch(&self, items: Vec<BatchItem>) -> Vec<Result<(), StageError>> {
+        match self {
+            Self::Function { path, function } => function
+                .call_batch(items)
+                .await
+                .into_iter()
+                .map(|result| {
+                    result.map_err(|cause| {
+                        StageError::new(path.clone(), StageErrorKind::Failed, cause)
+                    })
+                })
+                .collect(),
+            Self::Exec(pool) => pool.call_batch(items).await,
+        }
+    }
+}
+
+enum Node {
+    Leaf {
+        leaf: Arc<Leaf>,
+        batcher: Batcher,
+        batching: Batching,
+    },
     Sequential(Vec<Node>),
     Ensemble {
         path: String,
@@ -85,11 +141,25 @@ enum Node {
 }
 
 impl Pipeline {
-    /// Validate `spec` and build it with `functions`.
+    /// Validate `spec` and build it with `functions`, without batching.
     pub fn compile(spec: &Stage, functions: &Functions) -> Result<Self, Vec<PipelineError>> {
+        Self::compile_batched(spec, functions, &Batching::off())
+    }
+
+    /// Validate `spec` and build it with `functions`; leaves batch as `batching` says
+    /// (live: a change applies from the next batch on).
+    pub fn compile_batched(
+        spec: &Stage,
+        functions: &Functions,
+        batching: &Batching,
+    ) -> Result<Self, Vec<PipelineError>> {
         spec.validate()?;
         let mut errors = Vec::new();
-        let root = compile(spec, &StagePath::root(), functions, &mut errors);
+        let build = Build {
+            functions,
+            batching,
+        };
+        let root = compile(spec, &StagePath::root(), &build, &mut errors);
         match root {
             Some(root) if errors.is_empty() => Ok(Self { root }),
             _ => Err(errors),
@@ -98,13 +168,32 @@ impl Pipeline {
 
     /// Run the pipeline on `input`, emitting its outputs to `out` in order.
     pub async fn run(&self, input: Value, out: &Emitter) -> Result<(), StageError> {
-        self.root.run(input, out).await
+        self.root.run(input, out, None).await
+    }
+
+    /// [`Pipeline::run`] for a request that must not start batched work after `deadline`.
+    pub async fn run_until(
+        &self,
+        input: Value,
+        out: &Emitter,
+        deadline: Option<Instant>,
+    ) -> Result<(), StageError> {
+        self.root.run(input, out, deadline).await
     }
 
     /// Run and collect every output (tests, unary callers).
     pub async fn run_collect(&self, input: Value) -> Result<Vec<Value>, StageError> {
+        self.run_collect_until(input, None).await
+    }
+
+    /// [`Pipeline::run_collect`] with a deadline, as [`Pipeline::run_until`].
+    pub async fn run_collect_until(
+        &self,
+        input: Value,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Value>, StageError> {
         let (emitter, mut rx) = Emitter::channel();
-        self.run(input, &emitter).await?;
+        self.run_until(input, &emitter, deadline).await?;
         drop(emitter);
         let mut outputs = Vec::new();
         while let Some(value) = rx.recv().await {
@@ -114,28 +203,45 @@ impl Pipeline {
     }
 }
 
+/// What every stage is built with.
+struct Build<'a> {
+    functions: &'a Functions,
+    batching: &'a Batching,
+}
+
+impl Build<'_> {
+    fn leaf(&self, leaf: Leaf) -> Node {
+        Node::Leaf {
+            leaf: Arc::new(leaf),
+            batcher: Batcher::default(),
+            batching: self.batching.clone(),
+        }
+    }
+}
+
 fn compile(
     stage: &Stage,
     path: &StagePath,
-    functions: &Functions,
+    build: &Build<'_>,
     errors: &mut Vec<PipelineError>,
 ) -> Option<Node> {
+    let functions = build.functions;
     // `validate` has run: `kind` cannot fail here, but stay total.
     let kind = stage.kind().ok()?;
     let children = |stages: &[Stage], errors: &mut Vec<PipelineError>| -> Option<Vec<Node>> {
         let nodes: Vec<Option<Node>> = stages
             .iter()
             .enumerate()
-            .map(|(i, child)| compile(child, &path.child(&i.to_string(), child), functions, errors))
+            .map(|(i, child)| compile(child, &path.child(&i.to_string(), child), build, errors))
             .collect();
         nodes.into_iter().collect()
     };
     Some(match kind {
         StageKind::Function { name, args } => match functions.build(name, args) {
-            Ok(function) => Node::Function {
+            Ok(function) => build.leaf(Leaf::Function {
                 path: path.to_string(),
                 function,
-            },
+            }),
             Err(reason) => {
                 errors.push(PipelineError {
                     path: path.to_string(),
@@ -144,7 +250,9 @@ fn compile(
                 return None;
             }
         },
-        StageKind::Exec(spec) => Node::Exec(ExecPool::new(path.to_string(), spec.clone())),
+        StageKind::Exec(spec) => {
+            build.leaf(Leaf::Exec(ExecPool::new(path.to_string(), spec.clone())))
+        }
         StageKind::Sequential(stages) => Node::Sequential(children(stages, errors)?),
         StageKind::Ensemble { members, fail_fast } => Node::Ensemble {
             path: path.to_string(),
@@ -154,7 +262,7 @@ fn compile(
         StageKind::Switch(switch) => {
             let mut cases = BTreeMap::new();
             for (value, child) in &switch.cases {
-                let node = compile(child, &path.child(value, child), functions, errors)?;
+                let node = compile(child, &path.child(value, child), build, errors)?;
                 cases.insert(value.clone(), node);
             }
             Node::Switch {
@@ -168,21 +276,32 @@ fn compile(
 }
 
 impl Node {
-    fn run<'a>(&'a self, input: Value, out: &'a Emitter) -> BoxFuture<'a, Result<(), StageError>> {
+    fn run<'a>(
+        &'a self,
+        input: Value,
+        out: &'a Emitter,
+        deadline: Option<Instant>,
+    ) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
             match self {
-                Self::Function { path, function } => function
-                    .call(input, out)
-                    .await
-                    .map_err(|cause| StageError::new(path.clone(), StageErrorKind::Failed, cause)),
-                Self::Exec(pool) => pool.call(input, out).await,
-                Self::Sequential(stages) => run_sequence(stages, input, out).await,
+                Self::Leaf {
+                    leaf,
+                    batcher,
+                    batching,
+                } => {
+                    if batching.params().enabled() {
+                        batcher.call(leaf, batching, input, out, deadline).await
+                    } else {
+                        leaf.call(input, out).await
+                    }
+                }
+                Self::Sequential(stages) => run_sequence(stages, input, out, deadline).await,
                 Self::Ensemble {
                     path,
                     members,
                     fail_fast,
                 } => {
-                    let value = run_ensemble(path, members, *fail_fast, input).await?;
+                    let value = run_ensemble(path, members, *fail_fast, input, deadline).await?;
                     out.emit(value).map_err(|cause| {
                         StageError::new(path.clone(), StageErrorKind::Failed, cause)
                     })
@@ -202,7 +321,7 @@ impl Node {
                         .and_then(|key| cases.get(key))
                         .or_else(|| default.as_ref().and_then(|d| cases.get(d)));
                     match case {
-                        Some(node) => node.run(input, out).await,
+                        Some(node) => node.run(input, out, deadline).await,
                         None => Err(StageError::new(
                             path.clone(),
                             StageErrorKind::NoRoute,
@@ -223,22 +342,23 @@ fn run_sequence<'a>(
     stages: &'a [Node],
     input: Value,
     out: &'a Emitter,
+    deadline: Option<Instant>,
 ) -> BoxFuture<'a, Result<(), StageError>> {
     Box::pin(async move {
         match stages {
             [] => out
                 .emit(input)
                 .map_err(|cause| StageError::new("root", StageErrorKind::Failed, cause)),
-            [only] => only.run(input, out).await,
+            [only] => only.run(input, out, deadline).await,
             [first, rest @ ..] => {
                 let (emitter, mut rx) = Emitter::channel();
                 let producer = async move {
                     let emitter = emitter;
-                    first.run(input, &emitter).await
+                    first.run(input, &emitter, deadline).await
                 };
                 let consumer = async {
                     while let Some(value) = rx.recv().await {
-                        run_sequence(rest, value, out).await?;
+                        run_sequence(rest, value, out, deadline).await?;
                     }
                     Ok(())
                 };
@@ -254,12 +374,13 @@ async fn run_ensemble(
     members: &[Node],
     fail_fast: bool,
     input: Value,
+    deadline: Option<Instant>,
 ) -> Result<Value, StageError> {
     let runs = members.iter().map(|member| {
         let input = input.clone();
         async move {
             let (emitter, mut rx) = Emitter::channel();
-            member.run(input, &emitter).await?;
+            member.run(input, &emitter, deadline).await?;
             drop(emitter);
             let mut outputs = Vec::new();
             while let Some(value) = rx.recv().await {
