@@ -120,7 +120,7 @@ fn items(list: Option<Value>) -> Vec<Value> {
 /// The operator pods of the release that run and are ready.
 fn ready_operator_pods(cluster: &UpCluster) -> Vec<Value> {
     items(get(
-        &cluster,
+        cluster,
         &[
             "-n",
             NAMESPACE,
@@ -146,13 +146,13 @@ fn is_true(object: &Value, type_: &str) -> bool {
 /// every one of its pods running.
 fn wait_chain_ready(cluster: &UpCluster, why: &str) -> Value {
     wait_for(&format!("the chain WorkModel Ready ({why})"), || {
-        let wm = get(&cluster, &["-n", "default", "workmodel", "chain"]).ok_or("no chain")?;
+        let wm = get(cluster, &["-n", "default", "workmodel", "chain"]).ok_or("no chain")?;
         let current = wm["status"]["observedGeneration"] == wm["metadata"]["generation"];
         if !(current && is_true(&wm, "Ready")) {
             return Err(wm["status"].to_string());
         }
         let pods = items(get(
-            &cluster,
+            cluster,
             &["-n", "default", "pods", "-l", "cellmesh.io/workmodel=chain"],
         ));
         let running = pods
@@ -171,7 +171,7 @@ fn wait_chain_ready(cluster: &UpCluster, why: &str) -> Value {
 fn wait_policy_observed(cluster: &UpCluster, why: &str) -> Value {
     wait_for(&format!("the chain ScalingPolicy's status ({why})"), || {
         let sp =
-            get(&cluster, &["-n", "default", "scalingpolicy", "chain"]).ok_or("no chain policy")?;
+            get(cluster, &["-n", "default", "scalingpolicy", "chain"]).ok_or("no chain policy")?;
         let observed = sp["status"]["observedGeneration"] == sp["metadata"]["generation"];
         let conditions = sp["status"]["conditions"]
             .as_array()
