@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use serde_json::{Value, json};
 
-use crate::guardian::{ContainerKey, Decision, Observation, Observed};
+use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed};
 use cellmesh_api::crd::scaling::Resource;
 
 /// Pod condition: a resize the kubelet has not admitted (reason `Deferred` or `Infeasible`).
@@ -143,6 +143,49 @@ fn same(
     })
 }
 
+/// Whether the API server lets `change` be applied to `container` in place: Kubernetes 1.33
+/// (and cellmesh-local) refuse to lower a memory limit unless the container's memory
+/// `resizePolicy` is `RestartContainer` — which would restart it, so the Guardian's memory
+/// decreases stay recommendations for such containers.
+pub fn resizable_in_place(pod: &Pod, container: &str, change: &Change) -> bool {
+    if change.resource != Resource::Memory || change.is_up() {
+        return true;
+    }
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+        .and_then(|c| c.resize_policy.as_ref())
+        .is_some_and(|policies| {
+            policies
+                .iter()
+                .any(|p| p.resource_name == "memory" && p.restart_policy == "RestartContainer")
+        })
+}
+
+/// `pod` with every container's spec resources replaced by the ones in force
+/// (`status.containerStatuses[].resources`) where the kubelet reports them: the size to
+/// decide from when the spec holds a resize the kubelet refused.
+pub fn in_force(pod: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    if let Some(spec) = pod.spec.as_mut() {
+        for container in &mut spec.containers {
+            let actual = statuses
+                .iter()
+                .find(|s| s.name == container.name)
+                .and_then(|s| s.resources.clone());
+            if let Some(actual) = actual {
+                container.resources = Some(actual);
+            }
+        }
+    }
+    pod
+}
+
 /// The Guardian's view of a pod's containers: requests and limits from the spec, usage from
 /// the metric samples, the last out-of-memory kill from the container statuses.
 pub fn observe(
@@ -206,7 +249,7 @@ fn observed(container: &Container, resource: Resource, usage: Option<f64>) -> Ob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guardian::{Change, Reason, Size};
+    use crate::guardian::{Reason, Size};
     use cellmesh_api::service::Quantity;
 
     fn pod(value: Value) -> Pod {
@@ -295,6 +338,50 @@ mod tests {
             with(POD_RESIZE_IN_PROGRESS, "Error"),
             ResizeState::Failed(_)
         ));
+    }
+
+    #[test]
+    fn memory_limits_only_come_down_in_place_with_restart_container() {
+        let change = |from: &str, to: &str| Change {
+            resource: Resource::Memory,
+            from: Size {
+                request: None,
+                limit: Quantity(from.into()),
+            },
+            to: Size {
+                request: None,
+                limit: Quantity(to.into()),
+            },
+            reason: Reason::DownEvents(8),
+        };
+        let mut pod = running_pod();
+        assert!(!resizable_in_place(&pod, "cell", &change("228Mi", "90Mi")));
+        assert!(resizable_in_place(&pod, "cell", &change("90Mi", "228Mi")));
+        pod.spec.as_mut().unwrap().containers[0].resize_policy = Some(vec![
+            serde_json::from_value(
+                json!({"resourceName": "memory", "restartPolicy": "RestartContainer"}),
+            )
+            .unwrap(),
+        ]);
+        assert!(resizable_in_place(&pod, "cell", &change("228Mi", "90Mi")));
+    }
+
+    #[test]
+    fn in_force_sizes_come_from_the_container_statuses() {
+        let mut pod = running_pod();
+        pod.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("64".into()));
+        let key = ContainerKey::new("s0-abc", "cell");
+        let wanted = observe(&pod, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(wanted[&key].cpu.limit, Some(64.0));
+        let actual = observe(&in_force(&pod), &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(actual[&key].cpu.limit, Some(0.5));
     }
 
     #[test]

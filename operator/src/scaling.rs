@@ -64,6 +64,7 @@ struct PolicyState {
 /// A resize patch sent to one pod.
 struct Sent {
     patch: serde_json::Value,
+    at: Instant,
     changes: Vec<(&'static str, bool)>,
     /// `infeasible` or `deferred` once counted, so each verdict is counted once.
     verdict: Option<ScalingResult>,
@@ -161,7 +162,8 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
         .filter(is_running)
         .collect();
 
-    let usage = read_usage(&context, spec, &namespace).await;
+    let source = Source::of(spec, &context.config);
+    let usage = read_usage(&context, spec, &namespace, &source).await;
     let (cpu_usage, memory_usage) = match usage {
         Ok(samples) => {
             conditions::set(
@@ -170,7 +172,7 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
                     cond::METRICS_AVAILABLE,
                     true,
                     "QuerySucceeded",
-                    "usage read from Prometheus".into(),
+                    format!("usage read from {}", source.describe()),
                     generation,
                 ),
                 now_time.clone(),
@@ -183,7 +185,7 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
                 condition(
                     cond::METRICS_AVAILABLE,
                     false,
-                    "PrometheusUnavailable",
+                    source.unavailable_reason(),
                     format!("{err}; holding every size"),
                     generation,
                 ),
@@ -205,9 +207,28 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
         }
     };
 
+    let resize_states: BTreeMap<String, ResizeState> = pods
+        .iter()
+        .map(|pod| {
+            let state = scaler::resize_state(pod, pod.metadata.generation.unwrap_or(0));
+            (pod.name_any(), state)
+        })
+        .collect();
     let observations: BTreeMap<ContainerKey, _> = pods
         .iter()
-        .flat_map(|pod| scaler::observe(pod, &cpu_usage, &memory_usage))
+        .flat_map(|pod| {
+            // An infeasible resize stays in the spec but was never applied: decide from the
+            // size in force, so the same target is wanted again (and not sent) until usage
+            // moves it.
+            if matches!(
+                resize_states.get(&pod.name_any()),
+                Some(ResizeState::Infeasible(_))
+            ) {
+                scaler::observe(&scaler::in_force(pod), &cpu_usage, &memory_usage)
+            } else {
+                scaler::observe(pod, &cpu_usage, &memory_usage)
+            }
+        })
         .collect();
     let elapsed = context.started.elapsed();
     let tick = {
@@ -245,8 +266,10 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
     let mut infeasible = Vec::new();
     for pod in &pods {
         let pod_name = pod.name_any();
-        let state = scaler::resize_state(pod, pod.metadata.generation.unwrap_or(0));
-        match &state {
+        let Some(state) = resize_states.get(&pod_name) else {
+            continue;
+        };
+        match state {
             ResizeState::Deferred(message) | ResizeState::Failed(message) => {
                 pending.push(format!("{pod_name}: {message}"));
             }
@@ -254,12 +277,20 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
             ResizeState::Infeasible(message) => infeasible.push(format!("{pod_name}: {message}")),
             ResizeState::NotObserved | ResizeState::Done => {}
         }
-        kubelet_verdict(&context, &policy, &pod_name, &state).await;
+        kubelet_verdict(&context, &policy, &pod_name, state).await;
     }
 
     match spec.mode {
         ScalingMode::Off => recommend(&context, &policy, &tick).await,
-        _ => apply(&context, &policy, &pods_api, &tick, &mut status, &now_time).await,
+        _ => {
+            let target = Applying {
+                pods_api: &pods_api,
+                pods: pods.iter().map(|p| (p.name_any(), p)).collect(),
+                resize_states: &resize_states,
+                resize_timeout: resize_timeout(interval),
+            };
+            apply(&context, &policy, &target, &tick, &mut status, &now_time).await;
+        }
     }
     context
         .config
@@ -335,14 +366,33 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
 async fn apply(
     context: &Context,
     policy: &ScalingPolicy,
-    pods_api: &Api<Pod>,
+    target: &Applying<'_>,
     tick: &Tick,
     status: &mut ScalingPolicyStatus,
     now: &Time,
 ) {
     let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    // Only what the API server accepts in place: memory decreases of containers without
+    // `resizePolicy: RestartContainer` are left as recommendations (status only).
+    let decisions: Vec<Decision> = tick
+        .decisions
+        .iter()
+        .filter_map(|decision| {
+            let pod = target.pods.get(&decision.key.pod)?;
+            let changes: Vec<_> = decision
+                .changes
+                .iter()
+                .filter(|c| scaler::resizable_in_place(pod, &decision.key.container, c))
+                .cloned()
+                .collect();
+            (!changes.is_empty()).then(|| Decision {
+                key: decision.key.clone(),
+                changes,
+            })
+        })
+        .collect();
     let mut by_pod: BTreeMap<&str, Vec<&Decision>> = BTreeMap::new();
-    for decision in &tick.decisions {
+    for decision in &decisions {
         by_pod.entry(&decision.key.pod).or_default().push(decision);
     }
     for (pod, decisions) in by_pod {
@@ -357,6 +407,23 @@ async fn apply(
         if skip {
             continue;
         }
+        let sent_age = {
+            let states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
+            states
+                .get(&key)
+                .and_then(|s| s.sent.get(pod))
+                .map(|sent| sent.at.elapsed())
+        };
+        if let Some(state) = target.resize_states.get(pod)
+            && waits_for_kubelet(state, sent_age, target.resize_timeout)
+        {
+            tracing::debug!(
+                pod,
+                ?state,
+                "a resize is under way: waiting for the kubelet"
+            );
+            continue;
+        }
         let description = decisions
             .iter()
             .flat_map(|d| {
@@ -366,7 +433,8 @@ async fn apply(
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let result = pods_api
+        let result = target
+            .pods_api
             .patch_subresource(
                 "resize",
                 pod,
@@ -419,6 +487,7 @@ async fn apply(
                     pod.to_owned(),
                     Sent {
                         patch: patch.clone(),
+                        at: Instant::now(),
                         changes,
                         verdict: (counted == ScalingResult::Infeasible).then_some(counted),
                     },
@@ -435,6 +504,30 @@ async fn apply(
         }
         publish(context, policy, event_type, reason, note).await;
     }
+}
+
+/// What [`apply`] needs besides the tick: where to patch and what the kubelet says.
+struct Applying<'a> {
+    pods_api: &'a Api<Pod>,
+    pods: BTreeMap<String, &'a Pod>,
+    resize_states: &'a BTreeMap<String, ResizeState>,
+    resize_timeout: Duration,
+}
+
+/// How long a resize the kubelet has `Deferred` (or still applies) is waited for before the
+/// Guardian may send another: the kubelet retries a deferred resize by itself when room frees
+/// up, so a new patch would only replace its queue entry.
+fn resize_timeout(interval: Duration) -> Duration {
+    (interval * 6).max(Duration::from_secs(30))
+}
+
+/// Whether to hold a pod's next resize: the kubelet still has the last one `Deferred` or in
+/// progress, this operator sent it `sent_age` ago and the timeout has not passed. A resize not
+/// sent by this process (`None`: e.g. before a restart) is not waited for: a pod whose node
+/// never reports the size in force must not block the policy forever.
+fn waits_for_kubelet(state: &ResizeState, sent_age: Option<Duration>, timeout: Duration) -> bool {
+    matches!(state, ResizeState::Deferred(_) | ResizeState::InProgress)
+        && sent_age.is_some_and(|age| age < timeout)
 }
 
 /// Records a Kubernetes Event on the policy (best effort: a lost Event is logged, not fatal).
@@ -561,24 +654,68 @@ async fn kubelet_verdict(
     publish(context, policy, type_, reason, format!("{pod}: {message}")).await;
 }
 
+/// Where a policy's usage comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Prometheus(String),
+    /// `metrics.k8s.io`: no Prometheus named by the policy nor by `--prometheus-url`.
+    MetricsApi,
+}
+
+impl Source {
+    fn of(spec: &ScalingPolicySpec, config: &Config) -> Self {
+        spec.metrics
+            .prometheus
+            .as_ref()
+            .map(|p| p.url.clone())
+            .or_else(|| config.prometheus_url.clone())
+            .map_or(Self::MetricsApi, Self::Prometheus)
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Prometheus(_) => "Prometheus",
+            Self::MetricsApi => "metrics.k8s.io",
+        }
+    }
+
+    /// The `MetricsAvailable=False` reason.
+    fn unavailable_reason(&self) -> &'static str {
+        match self {
+            Self::Prometheus(_) => "PrometheusUnavailable",
+            Self::MetricsApi => "MetricsApiUnavailable",
+        }
+    }
+}
+
 async fn read_usage(
     context: &Context,
     spec: &ScalingPolicySpec,
     namespace: &str,
+    source: &Source,
 ) -> Result<(BTreeMap<ContainerKey, f64>, BTreeMap<ContainerKey, f64>), UsageError> {
-    let url = spec
-        .metrics
-        .prometheus
-        .as_ref()
-        .map(|p| p.url.clone())
-        .or_else(|| context.config.prometheus_url.clone())
-        .ok_or_else(|| UsageError::BadUrl {
-            url: String::new(),
-            reason: "the policy names no spec.metrics.prometheus.url and the operator runs \
-                     without --prometheus-url"
-                .into(),
-        })?;
-    let prometheus = Prometheus::new(&url, context.config.query_timeout)?;
+    let url = match source {
+        Source::Prometheus(url) => url,
+        Source::MetricsApi => {
+            let usage =
+                usage::metrics_api_usage(&context.client, namespace, context.config.query_timeout)
+                    .await?;
+            // PodMetrics carry both resources; keep only the guarded ones, as with PromQL.
+            return Ok((
+                if spec.cpu.is_some() {
+                    usage.cpu
+                } else {
+                    BTreeMap::new()
+                },
+                if spec.memory.is_some() {
+                    usage.memory
+                } else {
+                    BTreeMap::new()
+                },
+            ));
+        }
+    };
+    let prometheus = Prometheus::new(url, context.config.query_timeout)?;
     let window = spec.window.get();
     let cpu = match spec.cpu {
         Some(_) => {
@@ -741,6 +878,44 @@ mod tests {
     fn spec(target: serde_json::Value) -> ScalingPolicySpec {
         serde_json::from_value(json!({"targetRef": target, "cpu": {"min": "100m", "max": "2"}}))
             .unwrap()
+    }
+
+    #[test]
+    fn deferred_and_running_resizes_are_waited_for_until_the_timeout() {
+        let timeout = Duration::from_secs(30);
+        let deferred = ResizeState::Deferred("node full".into());
+        assert!(waits_for_kubelet(
+            &deferred,
+            Some(Duration::from_secs(5)),
+            timeout
+        ));
+        assert!(!waits_for_kubelet(&deferred, None, timeout));
+        assert!(!waits_for_kubelet(
+            &deferred,
+            Some(Duration::from_secs(31)),
+            timeout
+        ));
+        assert!(waits_for_kubelet(
+            &ResizeState::InProgress,
+            Some(Duration::ZERO),
+            timeout
+        ));
+        for state in [
+            ResizeState::Done,
+            ResizeState::NotObserved,
+            ResizeState::Infeasible("too big".into()),
+            ResizeState::Failed("error".into()),
+        ] {
+            assert!(
+                !waits_for_kubelet(&state, Some(Duration::ZERO), timeout),
+                "{state:?}"
+            );
+        }
+        assert_eq!(resize_timeout(Duration::from_secs(1)), timeout);
+        assert_eq!(
+            resize_timeout(Duration::from_secs(10)),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
