@@ -193,6 +193,9 @@ fn operator_args(pod: &Value) -> Vec<String> {
         .collect()
 }
 
+// About a minute (52 s alone, 80 s beside the operator's other tests, load ~14 on 2 cores):
+// a whole cluster, three Helm actions and two operator pods that each must start, take the
+// Lease and reconcile; one test, so the cluster is started once.
 #[test]
 fn install_upgrade_uninstall_the_chart_with_rbac_enforced() {
     if !is_root() {
