@@ -113,6 +113,13 @@ impl UpCluster {
                 "--pod-cidr={}.{}.{}.128/25",
                 net[0], net[1], net[2]
             ))
+            // A cgroup parent of its own: an agent sweeps every container cgroup under its
+            // parent when it starts and stops, so clusters sharing the default `cellmesh`
+            // (tests run in parallel) would SIGKILL each other's pods.
+            .arg(format!(
+                "--cgroup-parent=cellmesh-test-{}-{}",
+                net[1], net[2]
+            ))
             .stdin(Stdio::null());
         let out = command.output().unwrap();
         cluster.output = format!(
