@@ -49,7 +49,8 @@ pub enum ScalingResult {
     /// The kubelet reported the resize `Infeasible` (counted once per resize; the same
     /// resize is not sent again).
     Infeasible,
-    /// The kubelet reported the resize `Deferred` (counted once per resize).
+    /// The kubelet reported the resize `Deferred` (counted once per resize), or the
+    /// operator held an increase back because the pod's node lacks headroom.
     Deferred,
     /// The API server refused the patch, or the kubelet failed to apply it.
     Failed,
