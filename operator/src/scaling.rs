@@ -6,8 +6,18 @@
 //! Failure handling follows the policy's contract: Prometheus unreachable or a bad query →
 //! hold every size, `MetricsAvailable=False` with the error, try again next interval; a resize
 //! the kubelet calls `Infeasible` → `ResizeInfeasible` condition and a Warning Event, and the
-//! same target is not patched again (a different target is); `mode: Off` → recommendations
-//! in the status only.
+//! same target is not patched again (a different target is) and the Guardian decides from the
+//! size in force; a resize the kubelet has `Deferred` or still applies → no new patch for that
+//! pod until it settles or a timeout (6 intervals, at least 30 s) passes; an increase the pod's node has no room
+//! for (allocatable minus the other pods' requests) → held, `InsufficientNodeHeadroom` Event;
+//! a memory decrease Kubernetes forbids in place (no `resizePolicy: RestartContainer`) → left
+//! as a recommendation; `mode: Off` → recommendations in the status only.
+//!
+//! Usage comes from Prometheus (the policy's or `--prometheus-url`), otherwise from
+//! `metrics.k8s.io`. Every action is an Event, a log line and a
+//! `cellmesh_scaling_actions_total` sample (see [`crate::telemetry`]); every tick is timed
+//! into `cellmesh_scaling_decision_seconds`. `mode: InPlaceOrRecreate` acts as `InPlace`
+//! for now (no Deployment-template fallback yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -56,9 +56,6 @@ pub enum ScalingResult {
     Failed,
     /// `mode: Off`: written into the status only.
     Recommended,
-    /// `mode: InPlaceOrRecreate` and in place was impossible: the owning Deployment's pod
-    /// template was patched instead (its pods are recreated at the new size).
-    Recreated,
 }
 
 impl ScalingResult {
@@ -70,7 +67,6 @@ impl ScalingResult {
             Self::Deferred => "deferred",
             Self::Failed => "failed",
             Self::Recommended => "recommended",
-            Self::Recreated => "recreated",
         }
     }
 }
