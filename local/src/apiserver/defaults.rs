@@ -228,6 +228,22 @@ fn replica_set(object: &mut Value) {
     map.insert("status".into(), json!({"replicas": 0}));
 }
 
+/// `stringData` is write-only: Kubernetes merges it into `data` (base64, overriding the
+/// same keys there) and never stores it.
+fn merge_string_data(secret: &mut Map<String, Value>) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = secret.remove("stringData") else {
+        return;
+    };
+    if let Some(data) = child(secret, "data") {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,21 +331,5 @@ mod tests {
         );
         assert_eq!(ns["status"]["phase"], "Active");
         assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
-    }
-}
-
-/// `stringData` is write-only: Kubernetes merges it into `data` (base64, overriding the
-/// same keys there) and never stores it.
-fn merge_string_data(secret: &mut Map<String, Value>) {
-    use base64::Engine;
-    let Some(Value::Object(strings)) = secret.remove("stringData") else {
-        return;
-    };
-    if let Some(data) = child(secret, "data") {
-        for (key, value) in strings {
-            let text = value.as_str().unwrap_or_default();
-            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
-            data.insert(key, Value::String(encoded));
-        }
     }
 }
