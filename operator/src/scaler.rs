@@ -162,6 +162,83 @@ pub fn resizable_in_place(pod: &Pod, container: &str, change: &Change) -> bool {
         })
 }
 
+/// The CPU (cores) and memory (bytes) `pod` requests: the sum over its containers, with the
+/// sizes `decisions` set where they change a request (a missing request defaults to the
+/// limit, as Kubernetes does).
+pub fn pod_requests(pod: &Pod, decisions: &[&Decision]) -> [f64; 2] {
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let mut total = [0.0; 2];
+    for container in containers {
+        for (slot, resource) in [Resource::Cpu, Resource::Memory].into_iter().enumerate() {
+            let decided = decisions
+                .iter()
+                .filter(|d| d.key.container == container.name)
+                .flat_map(|d| d.changes.iter())
+                .find(|c| c.resource == resource)
+                .map(|c| c.to.request.as_ref().unwrap_or(&c.to.limit))
+                .and_then(|q| cellmesh_api::quantity::parse(&q.0).ok());
+            let current = observed(container, resource, None).request;
+            total[slot] += decided.or(current).unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// Checks that `pod`, resized by `decisions`, still fits its node: `allocatable` (CPU cores,
+/// memory bytes) minus the requests of `others` (the node's other pods). `Err` says which
+/// resource lacks how much. Only increases are checked: a shrinking pod always fits.
+pub fn fits_node(
+    allocatable: [f64; 2],
+    others: &[Pod],
+    pod: &Pod,
+    decisions: &[&Decision],
+) -> Result<(), String> {
+    let wanted = pod_requests(pod, decisions);
+    let current = pod_requests(pod, &[]);
+    let used = others
+        .iter()
+        .filter(|other| other.metadata.name != pod.metadata.name)
+        .filter(|other| {
+            // Finished pods hold nothing (what the scheduler counts).
+            !matches!(
+                other.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .map(|other| pod_requests(other, &[]))
+        .fold([0.0; 2], |acc, r| [acc[0] + r[0], acc[1] + r[1]]);
+    let mut short = Vec::new();
+    for (slot, (name, format)) in [
+        (
+            "cpu",
+            cellmesh_api::quantity::cpu as fn(f64) -> cellmesh_api::service::Quantity,
+        ),
+        ("memory", cellmesh_api::quantity::memory),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let free = allocatable[slot] - used[slot];
+        if wanted[slot] > current[slot] && wanted[slot] > free + 1e-9 {
+            short.push(format!(
+                "{name}: requests {} but the node has {} free of {} allocatable",
+                format(wanted[slot]),
+                format(free.max(0.0)),
+                format(allocatable[slot])
+            ));
+        }
+    }
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(short.join("; "))
+    }
+}
+
 /// `pod` with every container's spec resources replaced by the ones in force
 /// (`status.containerStatuses[].resources`) where the kubelet reports them: the size to
 /// decide from when the spec holds a resize the kubelet refused.
@@ -364,6 +441,50 @@ mod tests {
             .unwrap(),
         ]);
         assert!(resizable_in_place(&pod, "cell", &change("228Mi", "90Mi")));
+    }
+
+    #[test]
+    fn an_increase_must_fit_the_node_s_free_requests() {
+        let decision = Decision {
+            key: ContainerKey::new("s0-abc", "cell"),
+            changes: vec![Change {
+                resource: Resource::Cpu,
+                from: Size {
+                    request: Some(Quantity("250m".into())),
+                    limit: Quantity("500m".into()),
+                },
+                to: Size {
+                    request: Some(Quantity("625m".into())),
+                    limit: Quantity("1250m".into()),
+                },
+                reason: Reason::UpEvents(2),
+            }],
+        };
+        let pod = running_pod();
+        assert_eq!(pod_requests(&pod, &[]), [0.25, 64.0 * 1024.0 * 1024.0]);
+        assert_eq!(pod_requests(&pod, &[&decision])[0], 0.625);
+        let mut other = running_pod();
+        other.metadata.name = Some("other".into());
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        // 1 core: 250m taken by the other pod, 625m wanted → fits.
+        assert_eq!(
+            fits_node(
+                [1.0, gib],
+                &[other.clone(), pod.clone()],
+                &pod,
+                &[&decision]
+            ),
+            Ok(())
+        );
+        // 800m: 550m free, 625m wanted → refused, naming the resource.
+        let err = fits_node([0.8, gib], &[other.clone()], &pod, &[&decision]).unwrap_err();
+        assert!(err.starts_with("cpu: requests 625m"), "{err}");
+        assert!(err.contains("550m free of 800m"), "{err}");
+        // A finished pod holds nothing.
+        other.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert_eq!(fits_node([0.8, gib], &[other], &pod, &[&decision]), Ok(()));
+        // Nothing grows: always fits.
+        assert_eq!(fits_node([0.1, 1.0], &[], &pod, &[]), Ok(()));
     }
 
     #[test]

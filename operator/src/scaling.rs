@@ -6,8 +6,18 @@
 //! Failure handling follows the policy's contract: Prometheus unreachable or a bad query →
 //! hold every size, `MetricsAvailable=False` with the error, try again next interval; a resize
 //! the kubelet calls `Infeasible` → `ResizeInfeasible` condition and a Warning Event, and the
-//! same target is not patched again (a different target is); `mode: Off` → recommendations
-//! in the status only.
+//! same target is not patched again (a different target is) and the Guardian decides from the
+//! size in force; a resize the kubelet has `Deferred` or still applies → no new patch for that
+//! pod until it settles or a timeout (6 intervals, at least 30 s) passes; an increase the pod's node has no room
+//! for (allocatable minus the other pods' requests) → held, `InsufficientNodeHeadroom` Event;
+//! a memory decrease Kubernetes forbids in place (no `resizePolicy: RestartContainer`) → left
+//! as a recommendation; `mode: Off` → recommendations in the status only.
+//!
+//! Usage comes from Prometheus (the policy's or `--prometheus-url`), otherwise from
+//! `metrics.k8s.io`. Every action is an Event, a log line and a
+//! `cellmesh_scaling_actions_total` sample (see [`crate::telemetry`]); every tick is timed
+//! into `cellmesh_scaling_decision_seconds`. `mode: InPlaceOrRecreate` acts as `InPlace`
+//! for now (no Deployment-template fallback yet).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,7 +30,7 @@ use cellmesh_api::crd::scaling::{
 };
 use cellmesh_api::quantity;
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -407,6 +417,28 @@ async fn apply(
         if skip {
             continue;
         }
+        if let Some(pod_object) = target.pods.get(pod)
+            && let Err(reason) = node_headroom(context, pod_object, &decisions).await
+        {
+            for (resource, up) in action_labels(&decisions) {
+                context
+                    .config
+                    .health
+                    .metrics
+                    .scaling_action(resource, up, ScalingResult::Deferred);
+            }
+            let note = format!("{pod}: not resized, its node lacks headroom: {reason}");
+            tracing::info!(policy = %key.1, namespace = %key.0, reason = "InsufficientNodeHeadroom", "{note}");
+            publish(
+                context,
+                policy,
+                EventType::Warning,
+                "InsufficientNodeHeadroom",
+                note,
+            )
+            .await;
+            continue;
+        }
         let sent_age = {
             let states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
             states
@@ -504,6 +536,47 @@ async fn apply(
         }
         publish(context, policy, event_type, reason, note).await;
     }
+}
+
+/// Checks, before an increase is sent, that `pod` still fits its node (Node allocatable minus
+/// the other pods' requests), as the kubelet would when admitting the resize. A pod not bound
+/// to a node, or a node without allocatable, is not checked; an API error is.
+async fn node_headroom(
+    context: &Context,
+    pod: &Pod,
+    decisions: &[&Decision],
+) -> Result<(), String> {
+    if !decisions
+        .iter()
+        .flat_map(|d| d.changes.iter())
+        .any(|c| c.is_up())
+    {
+        return Ok(());
+    }
+    let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        return Ok(());
+    };
+    let nodes: Api<Node> = Api::all(context.client.clone());
+    let node = nodes
+        .get(node_name)
+        .await
+        .map_err(|e| format!("cannot read Node {node_name}: {e}"))?;
+    let Some(allocatable) = node.status.as_ref().and_then(|s| s.allocatable.as_ref()) else {
+        return Ok(());
+    };
+    let value = |name: &str| {
+        allocatable
+            .get(name)
+            .and_then(|q| quantity::parse(&q.0).ok())
+            .unwrap_or(f64::INFINITY)
+    };
+    let pods: Api<Pod> = Api::all(context.client.clone());
+    let others = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node_name}")))
+        .await
+        .map_err(|e| format!("cannot list the pods of Node {node_name}: {e}"))?
+        .items;
+    scaler::fits_node([value("cpu"), value("memory")], &others, pod, decisions)
 }
 
 /// What [`apply`] needs besides the tick: where to patch and what the kubelet says.

@@ -49,15 +49,13 @@ pub enum ScalingResult {
     /// The kubelet reported the resize `Infeasible` (counted once per resize; the same
     /// resize is not sent again).
     Infeasible,
-    /// The kubelet reported the resize `Deferred` (counted once per resize).
+    /// The kubelet reported the resize `Deferred` (counted once per resize), or the
+    /// operator held an increase back because the pod's node lacks headroom.
     Deferred,
     /// The API server refused the patch, or the kubelet failed to apply it.
     Failed,
     /// `mode: Off`: written into the status only.
     Recommended,
-    /// `mode: InPlaceOrRecreate` and in place was impossible: the owning Deployment's pod
-    /// template was patched instead (its pods are recreated at the new size).
-    Recreated,
 }
 
 impl ScalingResult {
@@ -69,7 +67,6 @@ impl ScalingResult {
             Self::Deferred => "deferred",
             Self::Failed => "failed",
             Self::Recommended => "recommended",
-            Self::Recreated => "recreated",
         }
     }
 }

@@ -286,6 +286,16 @@ fn serve_fake(router: axum::Router) -> SocketAddr {
 /// with its resources in force, as the kubelet would; `last_state` goes into its container
 /// status.
 fn running_pod(cluster: &Cluster, name: &str, service: &str, last_state: Value) {
+    running_pod_on(cluster, name, service, last_state, "");
+}
+
+/// [`running_pod`], bound to Node `node` unless empty.
+fn running_pod_on(cluster: &Cluster, name: &str, service: &str, last_state: Value, node: &str) {
+    let node_name = if node.is_empty() {
+        String::new()
+    } else {
+        format!("nodeName: {node}")
+    };
     cluster.apply(
         NS,
         &format!(
@@ -296,6 +306,7 @@ metadata:
   name: {name}
   labels: {{cellmesh.io/workmodel: shop, cellmesh.io/service: {service}}}
 spec:
+  {node_name}
   containers:
     - name: cell
       image: busybox
@@ -481,10 +492,13 @@ spec:
     }
 }
 
-/// Several policies at once, as a node would answer them (statuses written by the test):
+/// Several policies at once, as a node would answer them (statuses written by the test).
+/// About 40–60 s on a loaded 2-core machine (one cluster for five scenarios, each waiting a
+/// few intervals; splitting it would start five API servers):
 /// a budget shared by three busy pods is never exceeded; a resize the node calls
 /// `Infeasible` gives the condition, an Event and a metric, and is not sent again until the
-/// target changes; an out-of-memory kill bumps the memory limit.
+/// target changes; an increase its node has no room for is held back; an out-of-memory kill
+/// bumps the memory limit and that limit is never lowered in place.
 #[test]
 fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
     let cluster = start_cluster();
@@ -494,12 +508,30 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
         ("web-2".into(), 0.6, 0.0),
         ("big-0".into(), 0.5, 0.0),
         ("mem-0".into(), 0.1, 60.0 * 1024.0 * 1024.0),
+        ("tight-0".into(), 0.5, 0.0),
     ]));
     let prometheus = fake_prometheus_per_pod(usages.clone());
     for pod in ["web-0", "web-1", "web-2"] {
         running_pod(&cluster, pod, "s0", json!({}));
     }
     running_pod(&cluster, "big-0", "s1", json!({}));
+    // An 800m node already holding other-0's 250m request (and tight-0's own 250m).
+    cluster.apply(
+        NS, // ignored: Nodes are cluster-scoped
+        "apiVersion: v1\nkind: Node\nmetadata: {name: small-node}\n",
+    );
+    cluster.kubectl(&[
+        "patch",
+        "node",
+        "small-node",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"allocatable": {"cpu": "800m", "memory": "1Gi", "pods": "10"},
+                       "capacity": {"cpu": "800m", "memory": "1Gi", "pods": "10"}}}"#,
+    ]);
+    running_pod_on(&cluster, "other-0", "x", json!({}), "small-node");
+    running_pod_on(&cluster, "tight-0", "s3", json!({}), "small-node");
     running_pod(
         &cluster,
         "mem-0",
@@ -538,26 +570,72 @@ spec:
         &policy("big", "s1", "  cpu: {min: 100m, max: \"64\", upEvents: 2}"),
     );
     cluster.apply(NS, &policy("mem", "s2", "  memory: {min: 64Mi, max: 1Gi}"));
+    cluster.apply(
+        NS,
+        &policy("tight", "s3", "  cpu: {min: 100m, max: \"2\", upEvents: 2}"),
+    );
     let operator = cluster.operator("solo", &[]);
 
     // Budget: every pod wants 1250m; together they get at most 2 cores, at every look.
-    let web_limits = || -> f64 {
-        ["web-0", "web-1", "web-2"]
+    // One kubectl call per look (each costs ~0.5 s on a loaded machine).
+    let web_limits = || -> Vec<f64> {
+        let pods = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "cellmesh.io/service=s0",
+            "-o",
+            "json",
+        ]);
+        let pods: Value = serde_json::from_str(&pods).unwrap();
+        pods["items"]
+            .as_array()
+            .unwrap()
             .iter()
-            .map(|pod| limit(&cluster, pod, "cpu"))
-            .sum()
+            .map(|pod| {
+                let cpu = pod["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+                    .as_str()
+                    .unwrap();
+                cellmesh_api::quantity::parse(cpu).unwrap()
+            })
+            .collect()
     };
     eventually("the three pods raised within the budget", WAIT, || {
-        ["web-0", "web-1", "web-2"]
-            .iter()
-            .all(|pod| limit(&cluster, pod, "cpu") > 0.5)
-            .then_some(())
+        let limits = web_limits();
+        (limits.len() == 3 && limits.iter().all(|l| *l > 0.5)).then_some(())
     });
-    for _ in 0..10 {
-        let total = web_limits();
+    for _ in 0..5 {
+        let total: f64 = web_limits().iter().sum();
         assert!(total <= 2.0 + 1e-9, "budget of 2 cores exceeded: {total}");
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // Node headroom: tight-0 wants 1250m (request 625m) but its node has 550m free.
+    eventually("the InsufficientNodeHeadroom Event", WAIT, || {
+        events_with_reason(&cluster, "InsufficientNodeHeadroom")
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("tight-0") && n.contains("550m free of 800m"))
+            })
+            .then_some(())
+    });
+    assert_eq!(
+        limit(&cluster, "tight-0", "cpu"),
+        0.5,
+        "resized beyond its node"
+    );
+    let (_, text) = operator.http_get("/metrics");
+    assert!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="deferred"}"#
+        ) >= 1.0,
+        "{text}"
+    );
 
     // OOM kill: memory bumped by max(1.2 × 128Mi, 128Mi + 100Mi) = 228Mi.
     eventually("memory bumped after the OOM kill", WAIT, || {
@@ -615,17 +693,17 @@ spec:
     // Usage unchanged: the Guardian, deciding from the size in force (500m), wants 1250m
     // again every interval — and sends nothing (no applied action is added).
     let (_, before) = operator.http_get("/metrics");
-    std::thread::sleep(Duration::from_secs(3));
+    // The status shows 1250m on every deciding tick (500m between two, when events restart).
+    eventually("1250m still recommended", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/big")?;
+        (sp["status"]["containers"][0]["cpu"]["recommendation"] == "1250m").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
     let (_, after) = operator.http_get("/metrics");
     assert_eq!(
         metric_value(&after, applied_series),
         metric_value(&before, applied_series),
         "an infeasible resize was sent again: {after}"
-    );
-    let status = cluster.get(NS, "scalingpolicy/big").unwrap()["status"].clone();
-    assert_eq!(
-        status["containers"][0]["cpu"]["recommendation"], "1250m",
-        "still wanted, not sent: {status}"
     );
     // A different target is sent: at 450m the step is capped at usage / lower = 1125m.
     usages.lock().unwrap()[3].1 = 0.45;

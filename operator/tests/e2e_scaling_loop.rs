@@ -8,9 +8,10 @@
 //! with the same process id and no restart; when the load stops, the limit comes back down
 //! after `downEvents` quiet windows.
 //!
-//! Slow (about 2–3 minutes) by nature: Prometheus needs a few scrapes before `rate()` has
-//! data, scaling up takes `upEvents` windows of 15 s and scaling down `downEvents`
-//! windows. Deadlines are generous because CI runs it beside other tests on 2 cores.
+//! Slower than most tests (about 35 s alone; longer beside other tests) by nature: the
+//! cluster starts, Prometheus needs a few 5 s scrapes before `rate()` has data, scaling up
+//! takes `upEvents` windows and scaling down `downEvents` windows. Deadlines are generous
+//! because CI runs it beside other tests on 2 cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

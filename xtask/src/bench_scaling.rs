@@ -148,6 +148,9 @@ impl Cluster {
                 "--pod-cidr={}.{}.{}.128/25",
                 net[0], net[1], net[2]
             ))
+            // Its own cgroup parent: a node agent SIGKILLs everything under its parent when
+            // it starts and stops, so clusters sharing the default one kill each other's pods.
+            .arg(format!("--cgroup-parent=cellmesh-{}-{}", net[1], net[2]))
             .stdin(Stdio::null())
             .output()
             .context("cannot run cellmesh-local up")?;
