@@ -238,7 +238,6 @@ impl Cluster {
             &[
                 "apply",
                 "--server-side",
-                "--validate=false",
                 "-n",
                 namespace,
                 "-f",
