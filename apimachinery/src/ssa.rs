@@ -198,6 +198,11 @@ fn fields_of(v: &Value, ty: TypeRef<'_>, prefix: &mut Path, out: &mut BTreeSet<P
             for (k, child) in m {
                 prefix.push(PathElement::Field(k.clone()));
                 fields_of(child, ty.field(k), prefix, out);
+                // A map entry is owned itself, not only through its leaves (as in
+                // structured-merge-diff's `visitMapItems`), so dropping it removes it.
+                if ty.is_map_entry(k) {
+                    out.insert(prefix.clone());
+                }
                 prefix.pop();
             }
         }
@@ -1113,6 +1118,103 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+
+    #[test]
+    fn dropped_map_entries_and_labels_are_removed_unless_co_owned() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "services": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                "replicas": {"type": "integer"}, "image": {"type": "string"}}}}
+        }}}});
+        let ty = TypeRef::custom_resource(&schema);
+        let w = |m| Writer {
+            manager: m,
+            api_version: "cellmesh.io/v1alpha1",
+            time: "t",
+            subresource: "",
+        };
+        let config = |services: Value, labels: Value| json!({"metadata": {"name": "m", "labels": labels}, "spec": {"services": services}});
+        let v1 = apply(
+            None,
+            &config(
+                json!({"web": {"replicas": 1, "image": "w"}, "db": {"replicas": 2, "image": "d"}}),
+                json!({"app": "m", "tier": "x"}),
+            ),
+            w("kubectl"),
+            false,
+            ty,
+            &[],
+        )
+        .expect("applies");
+        let owned = &v1["metadata"]["managedFields"][0]["fieldsV1"];
+        assert!(
+            owned["f:spec"]["f:services"]["f:db"]["."].is_object(),
+            "a map entry is owned itself: {owned}"
+        );
+        assert!(
+            owned["f:spec"].get(".").is_none(),
+            "declared fields are not: {owned}"
+        );
+
+        // Stop sending db and the tier label: both go.
+        let smaller = config(
+            json!({"web": {"replicas": 1, "image": "w"}}),
+            json!({"app": "m"}),
+        );
+        let v2 = apply(Some(&v1), &smaller, w("kubectl"), false, ty, &[]).expect("applies");
+        assert_eq!(
+            v2["spec"]["services"],
+            json!({"web": {"replicas": 1, "image": "w"}}),
+            "{v2}"
+        );
+        assert_eq!(v2["metadata"]["labels"], json!({"app": "m"}), "{v2}");
+
+        // Fields another manager also set stay: db's replicas and the tier label.
+        let mut touched = v1.clone();
+        touched["spec"]["services"]["db"]["replicas"] = json!(5);
+        touched["metadata"]["labels"]["tier"] = json!("y");
+        let shared = update(Some(&v1), &touched, w("scaler"), ty, &[]);
+        let v3 = apply(Some(&shared), &smaller, w("kubectl"), false, ty, &[]).expect("applies");
+        assert_eq!(
+            v3["spec"]["services"]["db"],
+            json!({"replicas": 5}),
+            "only the applier's own field of db goes: {v3}"
+        );
+        assert_eq!(v3["metadata"]["labels"], json!({"app": "m", "tier": "y"}));
+    }
+
+    #[test]
+    fn dropped_list_map_items_are_removed_by_key() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                      "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}}
+        }}}});
+        let ty = TypeRef::custom_resource(&schema);
+        let w = Writer {
+            manager: "kubectl",
+            api_version: "v1",
+            time: "t",
+            subresource: "",
+        };
+        let v1 = apply(
+            None,
+            &json!({"spec": {"ports": [{"name": "a", "port": 1}, {"name": "b", "port": 2}]}}),
+            w,
+            false,
+            ty,
+            &[],
+        )
+        .expect("applies");
+        let v2 = apply(
+            Some(&v1),
+            &json!({"spec": {"ports": [{"name": "b", "port": 2}]}}),
+            w,
+            false,
+            ty,
+            &[],
+        )
+        .expect("applies");
+        assert_eq!(v2["spec"]["ports"], json!([{"name": "b", "port": 2}]));
     }
 
     #[test]

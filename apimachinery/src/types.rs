@@ -214,6 +214,19 @@ impl<'a> TypeRef<'a> {
     }
 
     /// The strategic-merge-patch merge key of this list position.
+    /// Whether `name` is an entry of a map (`additionalProperties`, a built-in map of
+    /// structs, an object of unknown type) rather than a declared field of a struct.
+    /// structured-merge-diff owns a map entry as a field of its own (`f:db: {.: {}, …}`),
+    /// so an applier that stops sending the entry removes all of it.
+    pub fn is_map_entry(&self, name: &str) -> bool {
+        match self.0 {
+            Node::Deduced => true,
+            Node::CustomRoot(_) => false,
+            Node::Schema(s) => s.get("properties").and_then(|p| p.get(name)).is_none(),
+            Node::Builtin { field, .. } => field.is_some_and(|f| f.values.is_some()),
+        }
+    }
+
     pub fn patch_merge_key(&self) -> Option<&'a str> {
         match self.0 {
             Node::Builtin { field: Some(f), .. } => f.merge_key.as_deref(),

@@ -5,18 +5,27 @@
 //! 1. **Writes**: `--objects` ConfigMaps created in namespace `bench` by `--writers`
 //!    concurrent clients (each its own `kube::Client`, so its own connection). Every create
 //!    is acknowledged only after the server's durable commit.
-//! 2. **Watch delivery**: `--watchers` watches on namespace `bench-watch` (established
-//!    before any write), then `--watch-events` ConfigMaps created there by the writers.
-//!    Each ConfigMap carries the time its create request was sent; a watcher's latency
-//!    sample is the time from that send to receiving the ADDED event, so it includes the
-//!    durable commit — an upper bound on delivery latency.
+//! 2. **Watch delivery**: `--watchers` watches (established before any write) receive
+//!    ConfigMaps created in two phases, each in its own namespace:
+//!    - *burst*: `--watch-events` creates by all `--writers` as fast as they go (thousands of
+//!      events per second, i.e. 100× that many deliveries: a saturation test);
+//!    - *paced*: `--paced-events` creates by one writer at `--paced-rate` per second, the
+//!      steady rate of a busy cluster's controllers.
+//!
+//!    For every (watcher, event) the driver records when the watcher had the decoded
+//!    ADDED event, and for every create when its request was sent and when the writer had
+//!    the server's answer (the durable-write acknowledgement). It reports both
+//!    *send → receipt* (includes the durable commit) and *ack → receipt* (delivery after
+//!    the write is acknowledged; an event that reached the watcher before its writer read
+//!    the acknowledgement counts as 0). All times come from one monotonic clock.
 //! 3. **List**: the `bench` namespace listed whole (one request) and in pages of 500
 //!    (as kubectl does), best and median of `--list-repetitions`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -39,6 +48,12 @@ struct Args {
     watchers: usize,
     #[arg(long, default_value_t = 1_000)]
     watch_events: usize,
+    /// Creates of the paced watch phase.
+    #[arg(long, default_value_t = 500)]
+    paced_events: usize,
+    /// Creates per second of the paced watch phase.
+    #[arg(long, default_value_t = 100.0)]
+    paced_rate: f64,
     #[arg(long, default_value_t = 5)]
     list_repetitions: usize,
 }
@@ -54,7 +69,7 @@ async fn main() -> Result<()> {
         .first()
         .context("--writers must be at least 1")?
         .clone();
-    for ns in ["bench", "bench-watch"] {
+    for ns in ["bench", "bench-watch", "bench-paced"] {
         let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
         match Api::<Namespace>::all(admin.clone())
             .create(&PostParams::default(), &namespace)
@@ -70,15 +85,38 @@ async fn main() -> Result<()> {
         "writes: {} ConfigMaps by {} clients …",
         args.objects, args.writers
     );
-    let (write_secs, write_latencies) = create_all(&writers, "bench", args.objects).await?;
+    let (write_secs, timings) = create_all(&writers, "bench", args.objects).await?;
+    let write_latencies: Vec<f64> = timings
+        .values()
+        .map(|t| ms(t.acked.saturating_duration_since(t.sent)))
+        .collect();
     let writes_per_sec = args.objects as f64 / write_secs;
     eprintln!("writes: {writes_per_sec:.0}/s");
 
     eprintln!(
-        "watch: {} watchers, {} events …",
-        args.watchers, args.watch_events
+        "watch (burst): {} watchers, {} events by {} writers …",
+        args.watchers, args.watch_events, args.writers
     );
-    let watch = watch_latencies(&admin, &writers, args.watchers, args.watch_events).await?;
+    let burst = watch_latencies(
+        &admin,
+        "bench-watch",
+        args.watchers,
+        Pace::Burst(&writers),
+        args.watch_events,
+    )
+    .await?;
+    eprintln!(
+        "watch (paced): {} watchers, {} events at {}/s …",
+        args.watchers, args.paced_events, args.paced_rate
+    );
+    let paced = watch_latencies(
+        &admin,
+        "bench-paced",
+        args.watchers,
+        Pace::Rate(&admin, args.paced_rate),
+        args.paced_events,
+    )
+    .await?;
 
     eprintln!("list: {} objects …", args.objects);
     let api: Api<ConfigMap> = Api::namespaced(admin.clone(), "bench");
@@ -124,10 +162,10 @@ async fn main() -> Result<()> {
         "write_p99_ms": percentile(&write_latencies, 99.0),
         "watchers": args.watchers,
         "watch_events": args.watch_events,
-        "watch_samples": watch.len(),
-        "watch_p50_ms": percentile(&watch, 50.0),
-        "watch_p99_ms": percentile(&watch, 99.0),
-        "watch_max_ms": percentile(&watch, 100.0),
+        "burst": burst.to_json(),
+        "paced_events": args.paced_events,
+        "paced_rate": args.paced_rate,
+        "paced": paced.to_json(),
         "list_ms_median": median(&whole),
         "list_ms_best": whole.iter().copied().fold(f64::INFINITY, f64::min),
         "list_paged_ms_median": median(&paged),
@@ -136,25 +174,27 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn now_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 fn config_map(name: &str) -> Result<ConfigMap> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "labels": {"bench": "apiserver"}},
-        "data": {"sentAt": now_nanos().to_string(), "payload": "x".repeat(64)},
+        "data": {"payload": "x".repeat(64)},
     }))?)
 }
 
-/// Creates `count` ConfigMaps spread over the clients; returns (seconds, per-request ms).
+/// When one create was sent and when its writer had the answer.
+#[derive(Clone, Copy)]
+struct Timing {
+    sent: Instant,
+    acked: Instant,
+}
+
+/// Creates `count` ConfigMaps named `<namespace>-<i>` spread over the clients, each
+/// client one request at a time; returns (seconds, each create's timing by name).
 async fn create_all(
     clients: &[kube::Client],
     namespace: &str,
     count: usize,
-) -> Result<(f64, Vec<f64>)> {
+) -> Result<(f64, HashMap<String, Timing>)> {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -163,38 +203,113 @@ async fn create_all(
         let next = Arc::clone(&next);
         let namespace = namespace.to_owned();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut timings = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
-                    return Ok::<_, anyhow::Error>(latencies);
+                    return Ok::<_, anyhow::Error>(timings);
                 }
+                let name = format!("{namespace}-{i}");
+                let object = config_map(&name)?;
                 let sent = Instant::now();
-                api.create(
-                    &PostParams::default(),
-                    &config_map(&format!("{namespace}-{i}"))?,
-                )
-                .await
-                .with_context(|| format!("creating ConfigMap {namespace}-{i}"))?;
-                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                api.create(&PostParams::default(), &object)
+                    .await
+                    .with_context(|| format!("creating ConfigMap {name}"))?;
+                timings.push((
+                    name,
+                    Timing {
+                        sent,
+                        acked: Instant::now(),
+                    },
+                ));
             }
         }));
     }
-    let mut latencies = Vec::new();
+    let mut timings = HashMap::with_capacity(count);
     for task in tasks {
-        latencies.extend(task.await??);
+        timings.extend(task.await??);
     }
-    Ok((start.elapsed().as_secs_f64(), latencies))
+    Ok((start.elapsed().as_secs_f64(), timings))
 }
 
-/// Latency samples (ms) of every watcher for every ADDED event.
+/// Creates `count` ConfigMaps one at a time, starting one every `1/rate` seconds.
+async fn create_paced(
+    client: &kube::Client,
+    namespace: &str,
+    count: usize,
+    rate: f64,
+) -> Result<HashMap<String, Timing>> {
+    if rate.is_nan() || rate <= 0.0 {
+        bail!("--paced-rate must be positive, got {rate}");
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut timings = HashMap::with_capacity(count);
+    for i in 0..count {
+        ticks.tick().await;
+        let name = format!("{namespace}-{i}");
+        let object = config_map(&name)?;
+        let sent = Instant::now();
+        api.create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("creating ConfigMap {name}"))?;
+        timings.insert(
+            name,
+            Timing {
+                sent,
+                acked: Instant::now(),
+            },
+        );
+    }
+    Ok(timings)
+}
+
+/// How the watch phase's objects are created.
+enum Pace<'a> {
+    /// By all these clients as fast as they go.
+    Burst(&'a [kube::Client]),
+    /// By one client at this many creates per second.
+    Rate(&'a kube::Client, f64),
+}
+
+/// Delivery latencies (ms) of one watch phase, one sample per (watcher, event).
+struct WatchFigures {
+    send_to_receipt: Vec<f64>,
+    ack_to_receipt: Vec<f64>,
+    /// Samples whose event reached the watcher before the writer had the acknowledgement.
+    before_ack: usize,
+}
+
+impl WatchFigures {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "samples": self.send_to_receipt.len(),
+            "send_p50_ms": percentile(&self.send_to_receipt, 50.0),
+            "send_p99_ms": percentile(&self.send_to_receipt, 99.0),
+            "send_max_ms": percentile(&self.send_to_receipt, 100.0),
+            "ack_p50_ms": percentile(&self.ack_to_receipt, 50.0),
+            "ack_p99_ms": percentile(&self.ack_to_receipt, 99.0),
+            "ack_max_ms": percentile(&self.ack_to_receipt, 100.0),
+            "before_ack": self.before_ack,
+        })
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Starts `watchers` watches on `namespace`, creates `events` ConfigMaps there as `pace`
+/// says, and times every watcher's receipt of every ADDED event.
 async fn watch_latencies(
     admin: &kube::Client,
-    writers: &[kube::Client],
+    namespace: &str,
     watchers: usize,
+    pace: Pace<'_>,
     events: usize,
-) -> Result<Vec<f64>> {
-    let api: Api<ConfigMap> = Api::namespaced(admin.clone(), "bench-watch");
+) -> Result<WatchFigures> {
+    let api: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
     let version = api
         .list_metadata(&ListParams::default().limit(1))
         .await?
@@ -209,32 +324,47 @@ async fn watch_latencies(
     let mut tasks = Vec::new();
     for mut stream in streams {
         tasks.push(tokio::spawn(async move {
-            let mut samples = Vec::with_capacity(events);
+            let mut received = Vec::with_capacity(events);
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            while samples.len() < events {
+            while received.len() < events {
                 let next = tokio::time::timeout_at(deadline, stream.try_next()).await;
                 let Ok(event) = next else {
-                    bail!("watcher got {} of {events} events in 120 s", samples.len());
+                    bail!("watcher got {} of {events} events in 120 s", received.len());
                 };
                 if let Some(WatchEvent::Added(cm)) = event? {
-                    let sent: u128 = cm
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get("sentAt"))
-                        .and_then(|s| s.parse().ok())
-                        .context("event without sentAt")?;
-                    samples.push(now_nanos().saturating_sub(sent) as f64 / 1e6);
+                    let at = Instant::now();
+                    received.push((cm.metadata.name.context("event without a name")?, at));
                 }
             }
-            Ok(samples)
+            Ok(received)
         }));
     }
-    create_all(writers, "bench-watch", events).await?;
-    let mut samples = Vec::new();
+    let timings = match pace {
+        Pace::Burst(writers) => create_all(writers, namespace, events).await?.1,
+        Pace::Rate(client, rate) => create_paced(client, namespace, events, rate).await?,
+    };
+    let mut figures = WatchFigures {
+        send_to_receipt: Vec::with_capacity(events * watchers),
+        ack_to_receipt: Vec::with_capacity(events * watchers),
+        before_ack: 0,
+    };
     for task in tasks {
-        samples.extend(task.await??);
+        for (name, at) in task.await?? {
+            let timing = timings
+                .get(&name)
+                .with_context(|| format!("a watcher received {name}, which was not created"))?;
+            figures
+                .send_to_receipt
+                .push(ms(at.saturating_duration_since(timing.sent)));
+            if at < timing.acked {
+                figures.before_ack += 1;
+            }
+            figures
+                .ack_to_receipt
+                .push(ms(at.saturating_duration_since(timing.acked)));
+        }
     }
-    Ok(samples)
+    Ok(figures)
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {

@@ -106,9 +106,11 @@ struct NodeArgs {
     /// Root of the cgroup hierarchies.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     cgroup_root: PathBuf,
-    /// Directory under each cgroup hierarchy for the containers' cgroups.
-    #[arg(long, default_value = "cellmesh")]
-    cgroup_parent: String,
+    /// Directory under each cgroup hierarchy for the containers' cgroups. The agent kills
+    /// every container it finds there when it starts and stops (leftovers of a crash), so
+    /// two clusters must never share one. Default: `cellmesh-<hash of the state directory>`.
+    #[arg(long)]
+    cgroup_parent: Option<String>,
     /// Address of the node's HTTP metrics endpoint (/metrics/cadvisor, /metrics/resource).
     #[arg(long, default_value = "127.0.0.1:10250")]
     node_metrics_addr: SocketAddr,
@@ -309,12 +311,27 @@ fn node_config(args: &ApiserverArgs) -> crate::node::Config {
         apiserver: args.listen,
         image_map: n.image_map.clone(),
         cgroup_root: n.cgroup_root.clone(),
-        cgroup_parent: n.cgroup_parent.clone(),
+        cgroup_parent: n
+            .cgroup_parent
+            .clone()
+            .unwrap_or_else(|| default_cgroup_parent(&args.state_dir)),
         metrics_addr: n.node_metrics_addr,
         backoff_base: n.crash_backoff,
         backoff_max: n.crash_backoff_max,
         self_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("cellmesh-local")),
     }
+}
+
+/// `cellmesh-<16 hex digits>`: FNV-1a of the absolute state directory, stable across runs and
+/// releases, so a restarted cluster sweeps its own leftovers and nobody else's containers.
+fn default_cgroup_parent(state_dir: &std::path::Path) -> String {
+    use std::hash::Hasher as _;
+    let absolute = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(absolute.as_os_str().as_encoded_bytes());
+    format!("cellmesh-{:016x}", hasher.finish())
 }
 
 async fn shutdown_signal() {
@@ -342,6 +359,19 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn clusters_with_different_state_directories_get_different_cgroup_parents() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let parent = default_cgroup_parent(a.path());
+        assert!(parent.starts_with("cellmesh-") && parent.len() == 25, "{parent}");
+        assert_eq!(parent, default_cgroup_parent(a.path()), "stable");
+        assert_ne!(parent, default_cgroup_parent(b.path()));
+        // A relative spelling of the same directory is the same cluster.
+        let dotted = a.path().join(".");
+        assert_eq!(parent, default_cgroup_parent(&dotted));
     }
 
     #[test]

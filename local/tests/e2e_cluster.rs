@@ -91,6 +91,9 @@ impl Cluster {
             "--".into(),
             format!("--pod-cidr={a}.{b}.{c}.128/26"),
             format!("--node-metrics-addr={}:{}", ip(1), free_port(ip(1))),
+            // Its own cgroup parent: a node agent sweeps (SIGKILLs) every container under its
+            // parent when it starts and stops, and other tests' clusters run in parallel.
+            format!("--cgroup-parent=cellmesh-test-{b}-{c}"),
         ];
         Self {
             state: tempfile::tempdir().unwrap(),

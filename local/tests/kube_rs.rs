@@ -5,15 +5,17 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::Server;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
-use kube::{Client, Config};
+use kube::{Client, Config, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 async fn client_for(server: &Server) -> Client {
@@ -153,4 +155,105 @@ async fn typed_crud_and_optimistic_concurrency() {
     assert_eq!(listed.items[0].data.as_ref().unwrap()["k"], "new");
     let missing = api.get("nope").await.unwrap_err();
     assert!(matches!(missing, kube::Error::Api(ref s) if s.code == 404 && s.reason == "NotFound"));
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("reconcile failed: {0}")]
+struct CopyError(#[from] kube::Error);
+
+/// Reconciles a ConfigMap into a Secret `<name>-copy` with the same data, owned by it.
+async fn copy_to_secret(
+    cm: Arc<ConfigMap>,
+    secrets: Arc<Api<Secret>>,
+) -> Result<Action, CopyError> {
+    let name = format!("{}-copy", cm.name_any());
+    let owner = cm
+        .controller_owner_ref(&())
+        .expect("a stored ConfigMap has a uid");
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "ownerReferences": [owner]},
+        "stringData": cm.data.clone().unwrap_or_default(),
+    });
+    secrets
+        .patch(
+            &name,
+            &PatchParams::apply("copier").force(),
+            &Patch::Apply(secret),
+        )
+        .await?;
+    Ok(Action::await_change())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_reconciles_changes_and_owned_objects() {
+    let server = Server::start();
+    let client = client_for(&server).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let controller = Controller::new(configmaps.clone(), watcher::Config::default())
+        .owns(secrets.clone(), watcher::Config::default())
+        .run(
+            copy_to_secret,
+            |_, err: &CopyError, _| {
+                eprintln!("reconcile error: {err:?}");
+                Action::requeue(Duration::from_millis(200))
+            },
+            Arc::new(secrets.clone()),
+        )
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    let copied = |expected: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(secret) = secrets.get("settings-copy").await {
+                    let value = secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get("k"))
+                        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+                    if value.as_deref() == Some(expected) {
+                        return secret;
+                    }
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the controller did not copy {expected:?} within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let mut cm = configmaps
+        .create(&PostParams::default(), &configmap("settings"))
+        .await
+        .unwrap();
+    let secret = copied("v").await;
+    assert_eq!(
+        secret.owner_references()[0].uid,
+        cm.meta().uid.clone().unwrap(),
+        "owned by the ConfigMap"
+    );
+
+    // A change of the watched object is reconciled.
+    cm.data = Some([("k".to_owned(), "v2".to_owned())].into());
+    configmaps
+        .replace("settings", &PostParams::default(), &cm)
+        .await
+        .unwrap();
+    copied("v2").await;
+
+    // Deleting the owned object triggers its owner's reconcile, which recreates it.
+    let old_uid = secrets.get("settings-copy").await.unwrap().uid();
+    secrets
+        .delete("settings-copy", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = copied("v2").await;
+    assert_ne!(recreated.uid(), old_uid, "a new Secret");
+    task.abort();
 }

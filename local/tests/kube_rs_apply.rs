@@ -182,6 +182,76 @@ async fn server_side_apply_conflicts_and_force() {
     assert_eq!(api.get("web").await.unwrap().resource_version(), rv);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_removes_labels_and_containers_a_manager_drops() {
+    let server = Server::start();
+    let api: Api<Deployment> = Api::namespaced(client_for(&server).await, "default");
+    let config = |labels: serde_json::Value, containers: &[&str]| {
+        let mut object = deployment(None, "cell:1");
+        object["metadata"]["labels"] = labels;
+        object["spec"]["template"]["spec"]["containers"] = containers
+            .iter()
+            .map(|name| json!({"name": name, "image": format!("{name}:1")}))
+            .collect();
+        object
+    };
+    let apply = |manager: &'static str, object: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch("web", &PatchParams::apply(manager), &Patch::Apply(object))
+                .await
+                .unwrap()
+        }
+    };
+    let names = |d: &Deployment| -> Vec<String> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect()
+    };
+
+    apply(
+        "alice",
+        config(
+            json!({"app": "web", "tier": "front", "team": "a"}),
+            &["cell", "log"],
+        ),
+    )
+    .await;
+    // bob co-owns the team label (same value: shared, no conflict).
+    apply(
+        "bob",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "web", "labels": {"team": "a"}}}),
+    )
+    .await;
+    let second = apply("alice", config(json!({"app": "web"}), &["cell"])).await;
+    let labels = second.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(
+        labels.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["app", "team"],
+        "tier is gone, bob's team stays"
+    );
+    assert_eq!(names(&second), ["cell"], "the dropped container is gone");
+    let bob = second
+        .managed_fields()
+        .iter()
+        .find(|e| e.manager.as_deref() == Some("bob"))
+        .and_then(|e| e.fields_v1.clone())
+        .unwrap();
+    assert!(
+        bob.0["f:metadata"]["f:labels"]["f:team"].is_object(),
+        "{bob:?}"
+    );
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("reconcile failed")]
 struct ReconcileError;

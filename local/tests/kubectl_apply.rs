@@ -204,6 +204,25 @@ spec:
                 type: string
                 enum: [red, blue]
                 description: The colour of the gadget.
+              parts:
+                type: object
+                description: Named parts (a granular map of structs).
+                additionalProperties:
+                  type: object
+                  properties:
+                    count: {type: integer}
+                    material: {type: string}
+              slots:
+                type: array
+                description: Slots, merged by name.
+                x-kubernetes-list-type: map
+                x-kubernetes-list-map-keys: [name]
+                items:
+                  type: object
+                  required: [name]
+                  properties:
+                    name: {type: string}
+                    width: {type: integer}
           status:
             type: object
             properties:
@@ -401,4 +420,194 @@ fn client_side_objects_move_to_server_side_apply() {
             && err.contains(".spec.template.spec.containers[name=\"cell\"].image"),
         "{err}"
     );
+}
+
+/// A Deployment with labels `app` and (optionally) `tier`, container `cell` and
+/// (optionally) the sidecar `log`.
+fn web_deployment(tier: bool, sidecar: bool) -> String {
+    let tier = if tier { ", tier: front" } else { "" };
+    let log = if sidecar {
+        "\n      - {name: log, image: \"log:1\"}"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: {{app: web{tier}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n\
+         \x20   spec:\n      containers:\n      - {{name: cell, image: \"cell:1\"}}{log}\n"
+    )
+}
+
+#[test]
+fn server_side_apply_removes_what_a_manager_stops_sending() {
+    let server = with_crd();
+    let ssa = |manager: &str, yaml: &str| {
+        server.kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                &format!("--field-manager={manager}"),
+                "-f",
+                "-",
+            ],
+            Some(yaml),
+        )
+    };
+    let get = |what: &str| json(&server.kubectl(&["get", what, "-o", "json"]));
+
+    // Built-in: a label and a container (list item by merge key) dropped from the
+    // configuration are removed.
+    ssa("kubectl", &web_deployment(true, true));
+    ssa("kubectl", &web_deployment(false, false));
+    let web = get("deploy/web");
+    assert_eq!(
+        web["metadata"]["labels"],
+        serde_json::json!({"app": "web"}),
+        "{web}"
+    );
+    let containers = &web["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers.as_array().map(Vec::len), Some(1), "{containers}");
+    assert_eq!(containers[0]["name"], "cell");
+
+    // A label another manager also applied stays when kubectl drops it.
+    ssa("kubectl", &web_deployment(true, false));
+    ssa(
+        "team",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, labels: {tier: front}}\n",
+    );
+    ssa("kubectl", &web_deployment(false, false));
+    assert_eq!(get("deploy/web")["metadata"]["labels"]["tier"], "front");
+
+    // Custom resource: a map entry, a list-map item and an annotation dropped are removed;
+    // a map entry co-owned by another manager keeps that manager's fields.
+    let gadget = |parts: &str, slots: &str, note: bool| {
+        let annotations = if note {
+            "\n  annotations: {note: hi}"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: example.com/v1\nkind: Gadget\nmetadata:\n  name: g1{annotations}\n\
+             spec:\n  size: 1\n  parts: {parts}\n  slots: {slots}\n"
+        )
+    };
+    ssa(
+        "kubectl",
+        &gadget(
+            "{wheel: {count: 4, material: steel}, bell: {count: 1}}",
+            "[{name: a, width: 1}, {name: b, width: 2}]",
+            true,
+        ),
+    );
+    ssa(
+        "painter",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {parts: {wheel: {count: 4}}}\n",
+    );
+    ssa(
+        "kubectl",
+        &gadget("{bell: {count: 1}}", "[{name: b, width: 2}]", false),
+    );
+    let g1 = get("gadget/g1");
+    assert_eq!(
+        g1["spec"]["parts"],
+        serde_json::json!({"bell": {"count": 1}, "wheel": {"count": 4}}),
+        "wheel stays with painter's count only: {g1}"
+    );
+    assert_eq!(
+        g1["spec"]["slots"],
+        serde_json::json!([{"name": "b", "width": 2}]),
+        "{g1}"
+    );
+    assert!(
+        g1["metadata"]
+            .get("annotations")
+            .is_none_or(|a| a.get("note").is_none()),
+        "{g1}"
+    );
+    assert_eq!(g1["spec"]["limit"], 10, "defaults stay: {g1}");
+
+    // painter stops applying wheel too: nobody owns it any more, so it goes.
+    ssa(
+        "painter",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {}\n",
+    );
+    assert_eq!(
+        get("gadget/g1")["spec"]["parts"],
+        serde_json::json!({"bell": {"count": 1}})
+    );
+}
+
+/// A CRD and a custom resource of it in one file, as charts and examples ship them.
+const WIDGET_CRD_AND_CR: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w1, namespace: default}
+spec: {size: 3}
+"#;
+
+#[test]
+fn validation_on_applies_a_crd_and_its_resource_from_one_file() {
+    let server = Server::start();
+    // kubectl finds the new kind in neither OpenAPI document and falls back to v2 schema
+    // validation, which must answer (with no schema for the kind) rather than fail.
+    // Depending on its discovery cache kubectl then creates the resource or, as against a
+    // real cluster, asks to "ensure CRDs are installed first"; a second apply creates it.
+    let first = server.kubectl_output(&["apply", "-f", "-"], Some(WIDGET_CRD_AND_CR));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&first.stdout),
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(!printed.contains("error validating"), "{printed}");
+    assert!(
+        printed
+            .contains("customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"),
+        "{printed}"
+    );
+    if !first.status.success() {
+        assert!(
+            printed.contains("ensure CRDs are installed first"),
+            "{printed}"
+        );
+        server.kubectl_stdin(&["apply", "-f", "-"], Some(WIDGET_CRD_AND_CR));
+    }
+    let widget = json(&server.kubectl(&["get", "widget", "w1", "-o", "json"]));
+    assert_eq!(widget["spec"]["size"], 3);
+
+    // The server still validates: an unknown field is refused (kubectl sends Strict).
+    let err = server.kubectl_fails(
+        &["apply", "-f", "-"],
+        Some(&WIDGET_CRD_AND_CR.replace("spec: {size: 3}", "spec: {size: 4, bogus: 1}")),
+    );
+    assert!(
+        err.contains("strict decoding error: unknown field \"spec.bogus\""),
+        "{err}"
+    );
+    // Plain `kubectl create` of built-ins keeps validation on as well.
+    let created = server.kubectl_stdin(
+        &["create", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {a: b}\n"),
+    );
+    assert_eq!(created.trim(), "configmap/plain created");
 }

@@ -69,4 +69,37 @@ fn kubectl_create_sends_protobuf_and_objects_are_stored_as_sent() {
         deploy["metadata"]["creationTimestamp"].is_string(),
         "the server stamps creation: {deploy}"
     );
+    // Go's protobuf writes non-pointer zero values that its JSON would omit: the stored
+    // object is what a JSON create gives, while a pointer's explicit zero stays.
+    let spec = &deploy["spec"];
+    for absent in [
+        &spec["paused"],
+        &spec["minReadySeconds"],
+        &spec["template"]["metadata"]["generation"],
+        &spec["template"]["spec"]["hostNetwork"],
+        &container["stdin"],
+        &container["tty"],
+    ] {
+        assert!(absent.is_null(), "a Go zero value was stored: {deploy}");
+    }
+    server.kubectl(&[
+        "create",
+        "deployment",
+        "idle",
+        "--image=cell",
+        "--replicas=0",
+    ]);
+    let idle = json(&server.kubectl(&["get", "deploy", "idle", "-o", "json"]));
+    assert_eq!(
+        idle["spec"]["replicas"], 0,
+        "an explicit zero stays: {idle}"
+    );
+    server.kubectl(&["create", "service", "clusterip", "api", "--tcp=80:8080"]);
+    let service = json(&server.kubectl(&["get", "service", "api", "-o", "json"]));
+    assert!(
+        service["spec"]["ports"][0].get("nodePort").is_none()
+            && service["spec"].get("publishNotReadyAddresses").is_none(),
+        "{service}"
+    );
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
 }

@@ -79,6 +79,14 @@ impl Cluster {
                 free_port(self.ip(1))
             ));
         }
+        if help.contains("--cgroup-parent") {
+            // Its own cgroup parent: a node agent sweeps (SIGKILLs) every container under its
+            // parent when it starts and stops, and other tests' clusters run in parallel.
+            args.push(format!(
+                "--cgroup-parent=cellmesh-test-{}-{}",
+                self.net[1], self.net[2]
+            ));
+        }
         if help.contains("--pod-cidr") {
             args.push(format!(
                 "--pod-cidr={}.{}.{}.128/25",

@@ -8,6 +8,8 @@
 //! - Vertical scaling: [`guardian`] (the pure decision loop), [`usage`] (Prometheus),
 //!   [`scaler`] (`pods/resize` patches and their outcome) and [`scaling`] (the
 //!   ScalingPolicy controller).
+//! - [`timeline`] and [`timeline_render`]: `cellmesh-operator timeline`, a container's CPU,
+//!   limit, scaling actions and p99 latency from Prometheus as an SVG.
 //! - [`crdgen`] (the CRD manifests from the Rust types) and [`import`] (µBench workmodel
 //!   files → `WorkModel` resources).
 
@@ -22,5 +24,7 @@ pub mod scaler;
 pub mod scaling;
 pub mod status;
 pub mod telemetry;
+pub mod timeline;
+pub mod timeline_render;
 pub mod usage;
 pub mod validate;

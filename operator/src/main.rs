@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use cellmesh_operator::{crdgen, import, run};
+use cellmesh_operator::{crdgen, import, run, timeline};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
         (group cellmesh.io).\n\nExamples:\n  \
         cellmesh-operator crds | kubectl apply -f -\n  \
         cellmesh-operator run --leader-election --metrics-addr 0.0.0.0:8080\n  \
-        cellmesh-operator import-mubench workmodel.json --name shop | kubectl apply -f -"
+        cellmesh-operator import-mubench workmodel.json --name shop | kubectl apply -f -\n  \
+        cellmesh-operator timeline --prometheus http://127.0.0.1:9090 --pod 'pi-.*' --since 5m -o t.svg"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
     },
+    /// Draw a container's CPU usage, limit and request, its scaling actions and its p99
+    /// latency over a time range as an SVG, from Prometheus.
+    Timeline(timeline::TimelineArgs),
     /// Print the CustomResourceDefinitions (for `kubectl apply -f -`), or write one file per
     /// CRD into a directory.
     Crds {
@@ -78,6 +82,21 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => import_mubench(&file, name, namespace, output.as_deref()),
         Command::Crds { out } => crds(out.as_deref()),
+        Command::Timeline(args) => {
+            let drawn = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(timeline::run(&args))?;
+            println!(
+                "wrote {} ({} usage points, {} scaling actions, {} latency points)",
+                args.out.display(),
+                drawn.cpu_usage.len(),
+                drawn.actions.len(),
+                drawn.p99_ms.len()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -136,6 +136,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         prometheus_url: args.prometheus_url.clone(),
         query_timeout: std::time::Duration::from_secs(5),
         namespace: args.namespace.clone(),
+        health: health.clone(),
     };
 
     if !args.leader_election {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use serde_json::{Value, json};
 
-use crate::guardian::{ContainerKey, Decision, Observation, Observed};
+use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed};
 use cellmesh_api::crd::scaling::Resource;
 
 /// Pod condition: a resize the kubelet has not admitted (reason `Deferred` or `Infeasible`).
@@ -143,6 +143,126 @@ fn same(
     })
 }
 
+/// Whether the API server lets `change` be applied to `container` in place: Kubernetes 1.33
+/// (and cellmesh-local) refuse to lower a memory limit unless the container's memory
+/// `resizePolicy` is `RestartContainer` — which would restart it, so the Guardian's memory
+/// decreases stay recommendations for such containers.
+pub fn resizable_in_place(pod: &Pod, container: &str, change: &Change) -> bool {
+    if change.resource != Resource::Memory || change.is_up() {
+        return true;
+    }
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == container))
+        .and_then(|c| c.resize_policy.as_ref())
+        .is_some_and(|policies| {
+            policies
+                .iter()
+                .any(|p| p.resource_name == "memory" && p.restart_policy == "RestartContainer")
+        })
+}
+
+/// The CPU (cores) and memory (bytes) `pod` requests: the sum over its containers, with the
+/// sizes `decisions` set where they change a request (a missing request defaults to the
+/// limit, as Kubernetes does).
+pub fn pod_requests(pod: &Pod, decisions: &[&Decision]) -> [f64; 2] {
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    let mut total = [0.0; 2];
+    for container in containers {
+        for (slot, resource) in [Resource::Cpu, Resource::Memory].into_iter().enumerate() {
+            let decided = decisions
+                .iter()
+                .filter(|d| d.key.container == container.name)
+                .flat_map(|d| d.changes.iter())
+                .find(|c| c.resource == resource)
+                .map(|c| c.to.request.as_ref().unwrap_or(&c.to.limit))
+                .and_then(|q| cellmesh_api::quantity::parse(&q.0).ok());
+            let current = observed(container, resource, None).request;
+            total[slot] += decided.or(current).unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// Checks that `pod`, resized by `decisions`, still fits its node: `allocatable` (CPU cores,
+/// memory bytes) minus the requests of `others` (the node's other pods). `Err` says which
+/// resource lacks how much. Only increases are checked: a shrinking pod always fits.
+pub fn fits_node(
+    allocatable: [f64; 2],
+    others: &[Pod],
+    pod: &Pod,
+    decisions: &[&Decision],
+) -> Result<(), String> {
+    let wanted = pod_requests(pod, decisions);
+    let current = pod_requests(pod, &[]);
+    let used = others
+        .iter()
+        .filter(|other| other.metadata.name != pod.metadata.name)
+        .filter(|other| {
+            // Finished pods hold nothing (what the scheduler counts).
+            !matches!(
+                other.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .map(|other| pod_requests(other, &[]))
+        .fold([0.0; 2], |acc, r| [acc[0] + r[0], acc[1] + r[1]]);
+    let mut short = Vec::new();
+    for (slot, (name, format)) in [
+        (
+            "cpu",
+            cellmesh_api::quantity::cpu as fn(f64) -> cellmesh_api::service::Quantity,
+        ),
+        ("memory", cellmesh_api::quantity::memory),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let free = allocatable[slot] - used[slot];
+        if wanted[slot] > current[slot] && wanted[slot] > free + 1e-9 {
+            short.push(format!(
+                "{name}: requests {} but the node has {} free of {} allocatable",
+                format(wanted[slot]),
+                format(free.max(0.0)),
+                format(allocatable[slot])
+            ));
+        }
+    }
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(short.join("; "))
+    }
+}
+
+/// `pod` with every container's spec resources replaced by the ones in force
+/// (`status.containerStatuses[].resources`) where the kubelet reports them: the size to
+/// decide from when the spec holds a resize the kubelet refused.
+pub fn in_force(pod: &Pod) -> Pod {
+    let mut pod = pod.clone();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    if let Some(spec) = pod.spec.as_mut() {
+        for container in &mut spec.containers {
+            let actual = statuses
+                .iter()
+                .find(|s| s.name == container.name)
+                .and_then(|s| s.resources.clone());
+            if let Some(actual) = actual {
+                container.resources = Some(actual);
+            }
+        }
+    }
+    pod
+}
+
 /// The Guardian's view of a pod's containers: requests and limits from the spec, usage from
 /// the metric samples, the last out-of-memory kill from the container statuses.
 pub fn observe(
@@ -206,7 +326,7 @@ fn observed(container: &Container, resource: Resource, usage: Option<f64>) -> Ob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guardian::{Change, Reason, Size};
+    use crate::guardian::{Reason, Size};
     use cellmesh_api::service::Quantity;
 
     fn pod(value: Value) -> Pod {
@@ -295,6 +415,94 @@ mod tests {
             with(POD_RESIZE_IN_PROGRESS, "Error"),
             ResizeState::Failed(_)
         ));
+    }
+
+    #[test]
+    fn memory_limits_only_come_down_in_place_with_restart_container() {
+        let change = |from: &str, to: &str| Change {
+            resource: Resource::Memory,
+            from: Size {
+                request: None,
+                limit: Quantity(from.into()),
+            },
+            to: Size {
+                request: None,
+                limit: Quantity(to.into()),
+            },
+            reason: Reason::DownEvents(8),
+        };
+        let mut pod = running_pod();
+        assert!(!resizable_in_place(&pod, "cell", &change("228Mi", "90Mi")));
+        assert!(resizable_in_place(&pod, "cell", &change("90Mi", "228Mi")));
+        pod.spec.as_mut().unwrap().containers[0].resize_policy = Some(vec![
+            serde_json::from_value(
+                json!({"resourceName": "memory", "restartPolicy": "RestartContainer"}),
+            )
+            .unwrap(),
+        ]);
+        assert!(resizable_in_place(&pod, "cell", &change("228Mi", "90Mi")));
+    }
+
+    #[test]
+    fn an_increase_must_fit_the_node_s_free_requests() {
+        let decision = Decision {
+            key: ContainerKey::new("s0-abc", "cell"),
+            changes: vec![Change {
+                resource: Resource::Cpu,
+                from: Size {
+                    request: Some(Quantity("250m".into())),
+                    limit: Quantity("500m".into()),
+                },
+                to: Size {
+                    request: Some(Quantity("625m".into())),
+                    limit: Quantity("1250m".into()),
+                },
+                reason: Reason::UpEvents(2),
+            }],
+        };
+        let pod = running_pod();
+        assert_eq!(pod_requests(&pod, &[]), [0.25, 64.0 * 1024.0 * 1024.0]);
+        assert_eq!(pod_requests(&pod, &[&decision])[0], 0.625);
+        let mut other = running_pod();
+        other.metadata.name = Some("other".into());
+        let gib = 1024.0 * 1024.0 * 1024.0;
+        // 1 core: 250m taken by the other pod, 625m wanted → fits.
+        assert_eq!(
+            fits_node(
+                [1.0, gib],
+                &[other.clone(), pod.clone()],
+                &pod,
+                &[&decision]
+            ),
+            Ok(())
+        );
+        // 800m: 550m free, 625m wanted → refused, naming the resource.
+        let err = fits_node([0.8, gib], &[other.clone()], &pod, &[&decision]).unwrap_err();
+        assert!(err.starts_with("cpu: requests 625m"), "{err}");
+        assert!(err.contains("550m free of 800m"), "{err}");
+        // A finished pod holds nothing.
+        other.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert_eq!(fits_node([0.8, gib], &[other], &pod, &[&decision]), Ok(()));
+        // Nothing grows: always fits.
+        assert_eq!(fits_node([0.1, 1.0], &[], &pod, &[]), Ok(()));
+    }
+
+    #[test]
+    fn in_force_sizes_come_from_the_container_statuses() {
+        let mut pod = running_pod();
+        pod.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap()
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("64".into()));
+        let key = ContainerKey::new("s0-abc", "cell");
+        let wanted = observe(&pod, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(wanted[&key].cpu.limit, Some(64.0));
+        let actual = observe(&in_force(&pod), &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(actual[&key].cpu.limit, Some(0.5));
     }
 
     #[test]

@@ -7,7 +7,15 @@
 //!   error category (`InvalidSpec`-style reasons such as `CallCycle`, or `Kube`);
 //! - `cellmesh_operator_reconcile_duration_seconds{controller}`: histogram;
 //! - `cellmesh_operator_leader`: 1 while this replica holds the Lease (or runs without
-//!   leader election).
+//!   leader election);
+//! - `cellmesh_scaling_actions_total{resource,direction,result}`: every resize the
+//!   ScalingPolicy controller decided, per resource (`cpu`, `memory`), direction (`up`,
+//!   `down`) and [`ScalingResult`];
+//! - `cellmesh_scaling_decision_seconds`: histogram of one policy tick, from reading the
+//!   pods and their usage to the last resize patch sent.
+//!
+//! The scaling names carry no `cellmesh_operator_` prefix: `dashboards/scaling.json` queries
+//! them exactly as above (keep both in sync).
 //!
 //! `/healthz` answers 200 while the process serves; `/readyz` answers 200 once the operator
 //! is either leading with its controllers started or standing by for the Lease, 503 before.
@@ -33,6 +41,43 @@ struct ControllerLabel {
     controller: &'static str,
 }
 
+/// What became of one scaling action (the `result` label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ScalingResult {
+    /// The API server accepted the `pods/resize` patch (the kubelet's verdict follows).
+    Applied,
+    /// The kubelet reported the resize `Infeasible` (counted once per resize; the same
+    /// resize is not sent again).
+    Infeasible,
+    /// The kubelet reported the resize `Deferred` (counted once per resize), or the
+    /// operator held an increase back because the pod's node lacks headroom.
+    Deferred,
+    /// The API server refused the patch, or the kubelet failed to apply it.
+    Failed,
+    /// `mode: Off`: written into the status only.
+    Recommended,
+}
+
+impl ScalingResult {
+    /// The label value: the variant's name in lower case.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Infeasible => "infeasible",
+            Self::Deferred => "deferred",
+            Self::Failed => "failed",
+            Self::Recommended => "recommended",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingLabels {
+    resource: &'static str,
+    direction: &'static str,
+    result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     controller: &'static str,
@@ -53,11 +98,26 @@ pub struct Metrics {
     durations: Family<ControllerLabel, Histogram, fn() -> Histogram>,
     /// 1 while this replica acts.
     pub leader: Gauge,
+    scaling_actions: Family<ScalingLabels, Counter>,
+    scaling_decisions: Histogram,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("cellmesh_operator");
+        let mut root = Registry::default();
+        let scaling_actions = Family::<ScalingLabels, Counter>::default();
+        let scaling_decisions = duration_histogram();
+        root.register(
+            "cellmesh_scaling_actions",
+            "Scaling actions by resource, direction and result",
+            scaling_actions.clone(),
+        );
+        root.register(
+            "cellmesh_scaling_decision_seconds",
+            "Time one ScalingPolicy tick took, from reading usage to the last resize sent",
+            scaling_decisions.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("cellmesh_operator");
         let reconciles = Family::<ControllerLabel, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let durations =
@@ -82,11 +142,13 @@ impl Default for Metrics {
             leader.clone(),
         );
         Self {
-            registry,
+            registry: root,
             reconciles,
             errors,
             durations,
             leader,
+            scaling_actions,
+            scaling_decisions,
         }
     }
 }
@@ -113,6 +175,22 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts one scaling action: `resource` is `cpu` or `memory`, `up` its direction.
+    pub fn scaling_action(&self, resource: &'static str, up: bool, result: ScalingResult) {
+        self.scaling_actions
+            .get_or_create(&ScalingLabels {
+                resource,
+                direction: if up { "up" } else { "down" },
+                result: result.as_str(),
+            })
+            .inc();
+    }
+
+    /// Records how long one ScalingPolicy tick took to decide and act.
+    pub fn scaling_decision(&self, took: Duration) {
+        self.scaling_decisions.observe(took.as_secs_f64());
     }
 
     /// The OpenMetrics text of every metric.
@@ -251,5 +329,44 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn scaling_metrics_carry_the_names_the_dashboard_queries() {
+        let metrics = Metrics::default();
+        metrics.scaling_action("cpu", true, ScalingResult::Applied);
+        metrics.scaling_action("cpu", true, ScalingResult::Applied);
+        metrics.scaling_action("memory", false, ScalingResult::Recommended);
+        metrics.scaling_decision(Duration::from_millis(20));
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(
+                "cellmesh_scaling_actions_total{resource=\"cpu\",direction=\"up\",result=\"applied\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "cellmesh_scaling_actions_total{resource=\"memory\",direction=\"down\",result=\"recommended\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("cellmesh_scaling_decision_seconds_count 1"),
+            "{text}"
+        );
+        assert!(text.contains("cellmesh_operator_leader"), "{text}");
+        // The dashboard queries exactly these names.
+        let dashboard = include_str!("../../dashboards/scaling.json");
+        for name in [
+            "cellmesh_scaling_actions_total",
+            "cellmesh_scaling_decision_seconds_bucket",
+        ] {
+            assert!(
+                dashboard.contains(name),
+                "dashboards/scaling.json lacks {name}"
+            );
+            assert!(text.contains(name), "/metrics lacks {name}");
+        }
     }
 }

@@ -1,4 +1,7 @@
-//! Usage per container from Prometheus' HTTP API, for the Guardian.
+//! Usage per container for the Guardian: from Prometheus' HTTP API, or — when a policy names
+//! no Prometheus and the operator runs without `--prometheus-url` — from the resource metrics
+//! API `metrics.k8s.io/v1beta1` (metrics-server, or cellmesh-local's API server asking each
+//! node agent), the source of `kubectl top`.
 //!
 //! A ScalingPolicy names PromQL templates (defaults: cAdvisor's
 //! `container_cpu_usage_seconds_total` and `container_memory_working_set_bytes`); `{{window}}`
@@ -38,6 +41,99 @@ pub enum UsageError {
     /// The URL cannot be used.
     #[error("invalid Prometheus URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    /// `metrics.k8s.io` failed (not installed, forbidden, or a malformed PodMetrics).
+    #[error("metrics.k8s.io PodMetrics of namespace {namespace}: {reason}")]
+    MetricsApi { namespace: String, reason: String },
+}
+
+/// Usage of every container of a namespace: CPU in cores, memory in bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub cpu: BTreeMap<ContainerKey, f64>,
+    pub memory: BTreeMap<ContainerKey, f64>,
+}
+
+/// A `PodMetricsList` of `metrics.k8s.io/v1beta1` (only the fields the Guardian needs).
+#[derive(Debug, Deserialize)]
+pub struct PodMetricsList {
+    #[serde(default)]
+    pub items: Vec<PodMetrics>,
+}
+
+/// One pod's `PodMetrics`: usage per container over the reader's window.
+#[derive(Debug, Deserialize)]
+pub struct PodMetrics {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default)]
+    pub containers: Vec<ContainerMetrics>,
+}
+
+/// One container's `usage` (`cpu`, `memory` quantities such as `250000000n`, `65536Ki`).
+#[derive(Debug, Deserialize)]
+pub struct ContainerMetrics {
+    pub name: String,
+    #[serde(default)]
+    pub usage: BTreeMap<String, String>,
+}
+
+/// The usage in a `PodMetricsList` of `namespace` (items of other namespaces are skipped).
+/// A quantity that does not parse is an error naming the pod, container and field.
+pub fn parse_pod_metrics(namespace: &str, list: &PodMetricsList) -> Result<Usage, UsageError> {
+    let mut usage = Usage::default();
+    for pod in &list.items {
+        let Some(name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        if pod
+            .metadata
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns != namespace)
+        {
+            continue;
+        }
+        for container in &pod.containers {
+            let key = ContainerKey::new(name, &container.name);
+            for (field, target) in [("cpu", &mut usage.cpu), ("memory", &mut usage.memory)] {
+                let Some(text) = container.usage.get(field) else {
+                    continue;
+                };
+                let value =
+                    cellmesh_api::quantity::parse(text).map_err(|e| UsageError::MetricsApi {
+                        namespace: namespace.to_owned(),
+                        reason: format!(
+                            "{name}/{}: usage.{field} {text:?} is not a quantity: {e}",
+                            container.name
+                        ),
+                    })?;
+                target.insert(key.clone(), value);
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// Lists `namespace`'s PodMetrics through the API server (`GET
+/// /apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods`).
+pub async fn metrics_api_usage(
+    client: &kube::Client,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<Usage, UsageError> {
+    let failed = |reason: String| UsageError::MetricsApi {
+        namespace: namespace.to_owned(),
+        reason,
+    };
+    let request = http::Request::get(format!(
+        "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"
+    ))
+    .body(Vec::new())
+    .map_err(|e| failed(e.to_string()))?;
+    let list: PodMetricsList = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| failed(format!("no answer within {timeout:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    parse_pod_metrics(namespace, &list)
 }
 
 /// `{{window}}` in a template replaced by the window in Prometheus' duration syntax.
@@ -323,5 +419,39 @@ mod tests {
         let err = prometheus.usage("up", "ns").await.unwrap_err();
         assert!(matches!(err, UsageError::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn pod_metrics_give_cores_and_bytes_per_container_of_the_namespace() {
+        let list: PodMetricsList = serde_json::from_value(serde_json::json!({
+            "kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {},
+            "items": [
+                {"metadata": {"name": "web-0", "namespace": "demo"}, "timestamp": "2026-11-23T10:00:00Z",
+                 "window": "10.000s", "containers": [
+                    {"name": "cell", "usage": {"cpu": "250000000n", "memory": "65536Ki"}},
+                    {"name": "side", "usage": {"cpu": "2m"}}]},
+                {"metadata": {"name": "web-0", "namespace": "other"},
+                 "containers": [{"name": "cell", "usage": {"cpu": "1"}}]}
+            ]
+        }))
+        .unwrap();
+        let usage = parse_pod_metrics("demo", &list).unwrap();
+        let cell = ContainerKey::new("web-0", "cell");
+        let side = ContainerKey::new("web-0", "side");
+        assert!((usage.cpu[&cell] - 0.25).abs() < 1e-9);
+        assert!((usage.cpu[&side] - 0.002).abs() < 1e-9);
+        assert_eq!(usage.memory[&cell], 64.0 * 1024.0 * 1024.0);
+        assert!(!usage.memory.contains_key(&side), "no memory reading");
+        assert_eq!(usage.cpu.len(), 2, "other namespaces are skipped");
+    }
+
+    #[test]
+    fn a_bad_pod_metrics_quantity_names_the_container_and_field() {
+        let list: PodMetricsList = serde_json::from_value(serde_json::json!({"items": [
+            {"metadata": {"name": "web-0", "namespace": "demo"},
+             "containers": [{"name": "cell", "usage": {"cpu": "lots"}}]}]}))
+        .unwrap();
+        let err = parse_pod_metrics("demo", &list).unwrap_err().to_string();
+        assert!(err.contains("web-0/cell: usage.cpu \"lots\""), "{err}");
     }
 }

@@ -333,3 +333,46 @@ fn chart_versions_follow_the_cargo_version() {
     assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
 }
+
+/// The rules of every document of `kind` in `operator/rbac/operator.yaml`, the file the
+/// operator's end-to-end tests (and `cellmesh-local up`) run the operator with.
+fn tested_rules(kind: &str) -> Value {
+    let text = std::fs::read_to_string(workspace().join("operator/rbac/operator.yaml")).unwrap();
+    let documents: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|d| d["kind"] == kind)
+        .collect();
+    assert_eq!(
+        documents.len(),
+        1,
+        "one {kind} in operator/rbac/operator.yaml"
+    );
+    documents[0]["rules"].clone()
+}
+
+#[test]
+fn chart_rbac_equals_the_rbac_the_operator_is_tested_with() {
+    // Rule for rule, in order: the e2e tests prove these rules are enough (a missing one
+    // fails them) and every rule is commented with its use in both files, so a grant added
+    // to one must be added to the other.
+    let objects = render(json!({}));
+    let cluster_role = of_kind(&objects, "ClusterRole")[0];
+    assert_eq!(
+        cluster_role["rules"],
+        tested_rules("ClusterRole"),
+        "charts/cellmesh/templates/rbac.yaml's ClusterRole differs from operator/rbac/operator.yaml"
+    );
+    let lease_role = of_kind(&objects, "Role")[0];
+    assert_eq!(
+        lease_role["rules"],
+        tested_rules("Role"),
+        "the chart's leader-election Role differs from operator/rbac/operator.yaml"
+    );
+    // Watching one namespace grants the same rules, in a Role there.
+    let objects = render(json!({"operator": {"watchNamespace": "team-a"}}));
+    let namespaced = of_kind(&objects, "Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "team-a")
+        .unwrap();
+    assert_eq!(namespaced["rules"], tested_rules("ClusterRole"));
+}

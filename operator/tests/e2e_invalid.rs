@@ -54,7 +54,6 @@ fn invalid_workmodels_are_refused_with_reasons_and_nothing_is_applied() {
         &[
             "apply",
             "--server-side",
-            "--validate=false",
             "-n",
             NS,
             "-f",
@@ -170,7 +169,7 @@ fn invalid_workmodels_are_refused_with_reasons_and_nothing_is_applied() {
         .concat(),
     );
     cluster.kubectl_stdin(
-        &["replace", "-n", NS, "--validate=false", "-f", "-"],
+        &["replace", "-n", NS, "-f", "-"],
         Some(&fixed),
     );
     eventually("the fixed mesh", WAIT, || {

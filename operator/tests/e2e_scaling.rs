@@ -62,6 +62,14 @@ fn fake_prometheus(answer: Answer) -> SocketAddr {
     rx.recv_timeout(Duration::from_secs(10)).unwrap()
 }
 
+/// The value of the sample `series` (name and labels exactly as exposed) in a /metrics text;
+/// 0 when absent.
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
 fn cpu_limit(cluster: &Cluster) -> String {
     let pod = cluster.get(NS, "pod/web-0").unwrap();
     pod["spec"]["containers"][0]["resources"]["limits"]["cpu"]
@@ -141,7 +149,7 @@ spec:
 "#
     );
     cluster.apply(NS, &policy);
-    let _operator = cluster.operator("solo", &[]);
+    let operator = cluster.operator("solo", &[]);
 
     // Usage at the limit (0.5 of 0.5) → two up events → +750m, capped at usage / lower =
     // 1.25 cores; the request keeps its 1:2 ratio.
@@ -182,6 +190,18 @@ spec:
                 && e["note"].as_str().is_some_and(|n| n.contains("500m→1250m"))),
         "no Resized event: {events}"
     );
+    // The action is counted on /metrics under the names dashboards/scaling.json queries.
+    let (code, metrics) = operator.http_get("/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    let applied = metric_value(
+        &metrics,
+        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#,
+    );
+    assert!(applied >= 1.0, "{metrics}");
+    assert!(
+        metric_value(&metrics, "cellmesh_scaling_decision_seconds_count") >= 1.0,
+        "{metrics}"
+    );
 
     // Prometheus fails: the policy says so and holds, even though usage would scale.
     *answer.lock().unwrap() = Err("query processing would load too many samples".into());
@@ -215,4 +235,491 @@ spec:
             .filter(|c| c["status"] == "True")
             .map(|_| ())
     });
+}
+
+/// Per pod of namespace `demo`: (pod, CPU cores, memory bytes) of its `cell` container.
+type Usages = Arc<Mutex<Vec<(String, f64, f64)>>>;
+
+/// Serves `POST /api/v1/query`: memory queries (cAdvisor's `container_memory_…`) get the
+/// memory figures, every other query the CPU figures.
+fn fake_prometheus_per_pod(usages: Usages) -> SocketAddr {
+    serve_fake(axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::post(move |body: String| {
+            let memory = body.contains("memory");
+            let result: Vec<Value> = usages
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(pod, cpu, bytes)| {
+                    let value = if memory { *bytes } else { *cpu };
+                    json!({"metric": {"namespace": NS, "pod": pod, "container": "cell"},
+                           "value": [0.0, value.to_string()]})
+                })
+                .collect();
+            async move {
+                axum::Json(json!({"status": "success",
+                                  "data": {"resultType": "vector", "result": result}}))
+            }
+        }),
+    ))
+}
+
+/// Serves `router` on a free loopback port from a thread of its own.
+fn serve_fake(router: axum::Router) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10)).unwrap()
+}
+
+/// Creates pod `name` of service `service` (WorkModel shop), Burstable, and reports it running
+/// with its resources in force, as the kubelet would; `last_state` goes into its container
+/// status.
+fn running_pod(cluster: &Cluster, name: &str, service: &str, last_state: Value) {
+    running_pod_on(cluster, name, service, last_state, "");
+}
+
+/// [`running_pod`], bound to Node `node` unless empty.
+fn running_pod_on(cluster: &Cluster, name: &str, service: &str, last_state: Value, node: &str) {
+    let node_name = if node.is_empty() {
+        String::new()
+    } else {
+        format!("nodeName: {node}")
+    };
+    cluster.apply(
+        NS,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{cellmesh.io/workmodel: shop, cellmesh.io/service: {service}}}
+spec:
+  {node_name}
+  containers:
+    - name: cell
+      image: busybox
+      resources:
+        requests: {{cpu: 250m, memory: 64Mi}}
+        limits: {{cpu: 500m, memory: 128Mi}}
+"#
+        ),
+    );
+    let status = json!({"status": {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{
+            "name": "cell", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-11-23T10:00:00Z"}},
+            "lastState": last_state,
+            "resources": {"requests": {"cpu": "250m", "memory": "64Mi"},
+                          "limits": {"cpu": "500m", "memory": "128Mi"}}
+        }]
+    }});
+    patch_status(cluster, name, &status);
+}
+
+fn patch_status(cluster: &Cluster, pod: &str, status: &Value) {
+    cluster.kubectl(&[
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+}
+
+fn limit(cluster: &Cluster, pod: &str, resource: &str) -> f64 {
+    let pod = cluster.get(NS, &format!("pod/{pod}")).unwrap();
+    let text = pod["spec"]["containers"][0]["resources"]["limits"][resource]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cellmesh_api::quantity::parse(&text).unwrap()
+}
+
+fn events_with_reason(cluster: &Cluster, reason: &str) -> Vec<Value> {
+    let events = cluster.kubectl(&["get", "events.events.k8s.io", "-n", NS, "-o", "json"]);
+    let events: Value = serde_json::from_str(&events).unwrap();
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == reason)
+        .cloned()
+        .collect()
+}
+
+fn start_cluster() -> Cluster {
+    let cluster = Cluster::start();
+    cluster.kubectl(&["create", "namespace", NS]);
+    cluster.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/scalingpolicies.cellmesh.io",
+        "--timeout=30s",
+    ]);
+    cluster
+}
+
+/// Without any Prometheus the controller reads `metrics.k8s.io` (served by cellmesh-local's
+/// API server from a Node's metrics endpoint, here a fake node agent); `mode: Off` then
+/// changes nothing but the status, counts a `recommended` action, and `kubectl get sp` shows
+/// the essentials.
+#[test]
+fn without_prometheus_usage_comes_from_metrics_k8s_io_and_mode_off_only_recommends() {
+    let cluster = start_cluster();
+    let agent = serve_fake(axum::Router::new().route(
+        "/metrics/resource",
+        axum::routing::get(|| async {
+            axum::Json(json!({
+                "node": {"metadata": {"name": "fake-node"}, "timestamp": "2026-11-23T10:00:00Z",
+                         "window": "10s", "usage": {"cpu": "1", "memory": "1Gi"}},
+                "pods": [{"metadata": {"name": "web-0", "namespace": NS},
+                          "timestamp": "2026-11-23T10:00:00Z", "window": "10s",
+                          "containers": [{"name": "cell",
+                                          "usage": {"cpu": "500000000n", "memory": "65536Ki"}}]}]
+            }))
+        }),
+    ));
+    cluster.apply(
+        NS, // ignored: Nodes are cluster-scoped
+        &format!(
+            r#"
+apiVersion: v1
+kind: Node
+metadata:
+  name: fake-node
+  annotations: {{cellmesh.io/metrics-endpoint: "http://{agent}"}}
+"#
+        ),
+    );
+    running_pod(&cluster, "web-0", "s0", json!({}));
+    cluster.apply(
+        NS,
+        r#"
+apiVersion: cellmesh.io/v1alpha1
+kind: ScalingPolicy
+metadata:
+  name: shop
+spec:
+  targetRef: {kind: WorkModel, name: shop}
+  mode: "Off"
+  interval: 500ms
+  window: 1s
+  cooldown: 0s
+  cpu: {min: 100m, max: "2", upEvents: 2}
+"#,
+    );
+    // No --prometheus-url: the fallback is the only source.
+    let operator = cluster.operator("solo", &[]);
+
+    let sp = eventually("a recommendation from metrics.k8s.io", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/shop")?;
+        (sp["status"]["containers"][0]["cpu"]["recommendation"] == "1250m").then_some(sp)
+    });
+    let metrics_available = condition(&sp, "MetricsAvailable").unwrap();
+    assert_eq!(metrics_available["status"], "True", "{metrics_available}");
+    assert!(
+        metrics_available["message"]
+            .as_str()
+            .unwrap()
+            .contains("metrics.k8s.io"),
+        "{metrics_available}"
+    );
+    assert_eq!(sp["status"]["containers"][0]["cpu"]["usage"], "500m");
+    eventually("the Recommended Event", WAIT, || {
+        let events = events_with_reason(&cluster, "Recommended");
+        events
+            .iter()
+            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("500m→1250m")))
+            .then_some(())
+    });
+    let (_, text) = operator.http_get("/metrics");
+    assert!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="recommended"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#
+        ),
+        0.0,
+        "mode Off applies nothing: {text}"
+    );
+    // Several intervals later the pod is untouched.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        limit(&cluster, "web-0", "cpu"),
+        0.5,
+        "mode Off resized a pod"
+    );
+
+    // The printer columns show target, mode, readiness, metrics and the first container.
+    let table = cluster.kubectl(&["get", "sp", "-n", NS]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    for column in ["TARGET", "MODE", "READY", "METRICS", "CPU", "REC", "LIMIT"] {
+        assert!(header.contains(&column), "no {column} column: {table}");
+    }
+    // The recommendation column shows the latest tick's (1250m on a deciding tick, the
+    // current 500m between two): the status is checked above.
+    let row = lines.next().unwrap();
+    for cell in ["shop", "Off", "True", "500m"] {
+        assert!(
+            row.split_whitespace().any(|c| c == cell),
+            "no {cell}: {table}"
+        );
+    }
+}
+
+/// Several policies at once, as a node would answer them (statuses written by the test).
+/// About 40–60 s on a loaded 2-core machine (one cluster for five scenarios, each waiting a
+/// few intervals; splitting it would start five API servers):
+/// a budget shared by three busy pods is never exceeded; a resize the node calls
+/// `Infeasible` gives the condition, an Event and a metric, and is not sent again until the
+/// target changes; an increase its node has no room for is held back; an out-of-memory kill
+/// bumps the memory limit and that limit is never lowered in place.
+#[test]
+fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
+    let cluster = start_cluster();
+    let usages: Usages = Arc::new(Mutex::new(vec![
+        ("web-0".into(), 0.6, 0.0),
+        ("web-1".into(), 0.6, 0.0),
+        ("web-2".into(), 0.6, 0.0),
+        ("big-0".into(), 0.5, 0.0),
+        ("mem-0".into(), 0.1, 60.0 * 1024.0 * 1024.0),
+        ("tight-0".into(), 0.5, 0.0),
+    ]));
+    let prometheus = fake_prometheus_per_pod(usages.clone());
+    for pod in ["web-0", "web-1", "web-2"] {
+        running_pod(&cluster, pod, "s0", json!({}));
+    }
+    running_pod(&cluster, "big-0", "s1", json!({}));
+    // An 800m node already holding other-0's 250m request (and tight-0's own 250m).
+    cluster.apply(
+        NS, // ignored: Nodes are cluster-scoped
+        "apiVersion: v1\nkind: Node\nmetadata: {name: small-node}\n",
+    );
+    cluster.kubectl(&[
+        "patch",
+        "node",
+        "small-node",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"allocatable": {"cpu": "800m", "memory": "1Gi", "pods": "10"},
+                       "capacity": {"cpu": "800m", "memory": "1Gi", "pods": "10"}}}"#,
+    ]);
+    running_pod_on(&cluster, "other-0", "x", json!({}), "small-node");
+    running_pod_on(&cluster, "tight-0", "s3", json!({}), "small-node");
+    running_pod(
+        &cluster,
+        "mem-0",
+        "s2",
+        json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                              "finishedAt": "2026-11-23T10:00:00Z"}}),
+    );
+    let policy = |name: &str, service: &str, body: &str| {
+        format!(
+            r#"
+apiVersion: cellmesh.io/v1alpha1
+kind: ScalingPolicy
+metadata:
+  name: {name}
+spec:
+  targetRef: {{kind: WorkModel, name: shop, services: [{service}]}}
+  interval: 500ms
+  window: 1s
+  cooldown: 0s
+  metrics:
+    prometheus: {{url: "http://{prometheus}"}}
+{body}
+"#
+        )
+    };
+    cluster.apply(
+        NS,
+        &policy(
+            "budget",
+            "s0",
+            "  cpu: {min: 100m, max: \"2\", upEvents: 2}\n  budget: {cpu: \"2\"}",
+        ),
+    );
+    cluster.apply(
+        NS,
+        &policy("big", "s1", "  cpu: {min: 100m, max: \"64\", upEvents: 2}"),
+    );
+    cluster.apply(NS, &policy("mem", "s2", "  memory: {min: 64Mi, max: 1Gi}"));
+    cluster.apply(
+        NS,
+        &policy("tight", "s3", "  cpu: {min: 100m, max: \"2\", upEvents: 2}"),
+    );
+    let operator = cluster.operator("solo", &[]);
+
+    // Budget: every pod wants 1250m; together they get at most 2 cores, at every look.
+    // One kubectl call per look (each costs ~0.5 s on a loaded machine).
+    let web_limits = || -> Vec<f64> {
+        let pods = cluster.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "cellmesh.io/service=s0",
+            "-o",
+            "json",
+        ]);
+        let pods: Value = serde_json::from_str(&pods).unwrap();
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pod| {
+                let cpu = pod["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+                    .as_str()
+                    .unwrap();
+                cellmesh_api::quantity::parse(cpu).unwrap()
+            })
+            .collect()
+    };
+    eventually("the three pods raised within the budget", WAIT, || {
+        let limits = web_limits();
+        (limits.len() == 3 && limits.iter().all(|l| *l > 0.5)).then_some(())
+    });
+    for _ in 0..5 {
+        let total: f64 = web_limits().iter().sum();
+        assert!(total <= 2.0 + 1e-9, "budget of 2 cores exceeded: {total}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // Node headroom: tight-0 wants 1250m (request 625m) but its node has 550m free.
+    eventually("the InsufficientNodeHeadroom Event", WAIT, || {
+        events_with_reason(&cluster, "InsufficientNodeHeadroom")
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("tight-0") && n.contains("550m free of 800m"))
+            })
+            .then_some(())
+    });
+    assert_eq!(
+        limit(&cluster, "tight-0", "cpu"),
+        0.5,
+        "resized beyond its node"
+    );
+    let (_, text) = operator.http_get("/metrics");
+    assert!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="deferred"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+
+    // OOM kill: memory bumped by max(1.2 × 128Mi, 128Mi + 100Mi) = 228Mi.
+    eventually("memory bumped after the OOM kill", WAIT, || {
+        (limit(&cluster, "mem-0", "memory") > 128.0 * 1024.0 * 1024.0).then_some(())
+    });
+    assert_eq!(limit(&cluster, "mem-0", "memory"), 228.0 * 1024.0 * 1024.0);
+    eventually("the OOM bump's Event", WAIT, || {
+        events_with_reason(&cluster, "Resized")
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("mem-0/cell memory") && n.contains("out-of-memory"))
+            })
+            .then_some(())
+    });
+
+    // Infeasible: the node refuses big-0's resize; it keeps its size in force.
+    eventually("big-0 resized", WAIT, || {
+        (limit(&cluster, "big-0", "cpu") == 1.25).then_some(())
+    });
+    patch_status(
+        &cluster,
+        "big-0",
+        &json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
+             "message": "Node didn't have enough capacity: cpu, requested: 1250, capacity: 1000"}]}}),
+    );
+    let sp = eventually("ResizeInfeasible=True", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/big")?;
+        condition(&sp, "ResizeInfeasible")
+            .filter(|c| c["status"] == "True")
+            .map(|_| sp.clone())
+    });
+    let infeasible = condition(&sp, "ResizeInfeasible").unwrap();
+    assert!(
+        infeasible["message"].as_str().unwrap().contains("big-0"),
+        "{infeasible}"
+    );
+    eventually("the ResizeInfeasible Event", WAIT, || {
+        events_with_reason(&cluster, "ResizeInfeasible")
+            .iter()
+            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("big-0")))
+            .then_some(())
+    });
+    let applied_series =
+        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#;
+    let infeasible_series =
+        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="infeasible"}"#;
+    eventually("the infeasible action counted", WAIT, || {
+        let (_, text) = operator.http_get("/metrics");
+        (metric_value(&text, infeasible_series) == 1.0).then_some(())
+    });
+    // Usage unchanged: the Guardian, deciding from the size in force (500m), wants 1250m
+    // again every interval — and sends nothing (no applied action is added).
+    let (_, before) = operator.http_get("/metrics");
+    // The status shows 1250m on every deciding tick (500m between two, when events restart).
+    eventually("1250m still recommended", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/big")?;
+        (sp["status"]["containers"][0]["cpu"]["recommendation"] == "1250m").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, after) = operator.http_get("/metrics");
+    assert_eq!(
+        metric_value(&after, applied_series),
+        metric_value(&before, applied_series),
+        "an infeasible resize was sent again: {after}"
+    );
+    // A different target is sent: at 450m the step is capped at usage / lower = 1125m.
+    usages.lock().unwrap()[3].1 = 0.45;
+    eventually("a new target for big-0", WAIT, || {
+        (limit(&cluster, "big-0", "cpu") == 1.125).then_some(())
+    });
+    // The OOM-bumped memory limit is never lowered in place (usage 60Mi would fit 90Mi):
+    // Kubernetes refuses it without `resizePolicy: RestartContainer`, so nothing failed.
+    assert_eq!(limit(&cluster, "mem-0", "memory"), 228.0 * 1024.0 * 1024.0);
+    let (_, text) = operator.http_get("/metrics");
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="failed"}"#
+        ),
+        0.0,
+        "{text}"
+    );
 }

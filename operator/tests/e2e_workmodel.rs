@@ -206,12 +206,8 @@ fn a_workmodel_is_applied_rolled_out_changed_reprofiled_and_shrunk() {
         "      externalServices:\n        - seqLen: 1\n          services: [db]\n          probabilities: {db: 0.5}\n",
         "",
     );
-    // `replace`, not `apply --server-side`: cellmesh-local's apply does not yet remove map
-    // entries the applier stopped sending.
-    cluster.kubectl_stdin(
-        &["replace", "-n", NS, "--validate=false", "-f", "-"],
-        Some(&shrunk),
-    );
+    // Server-side apply by the same manager: the `db` entry it stops sending is removed.
+    cluster.apply(NS, &shrunk);
     eventually("db's objects to be deleted", WAIT, || {
         (cluster.names(NS, "deployments", selector) == ["cart", "frontend"]
             && cluster.names(NS, "services", selector) == ["cart", "chain-gateway", "frontend"])

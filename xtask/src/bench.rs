@@ -56,6 +56,9 @@ pub enum BenchCommand {
     /// The operator: time to apply a 100- and a 1,000-service WorkModel (objects and
     /// status), the cost of a no-op reconcile, and the operator's memory.
     Operator(crate::bench_operator::OperatorBench),
+    /// In-place vertical scaling on one load step: static small vs static large CPU limit
+    /// vs the example ScalingPolicy (p99, CPU-seconds allocated, reaction time).
+    Scaling(crate::bench_scaling::ScalingBench),
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +95,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Engine(args) => crate::bench_engine::run(&args),
         BenchCommand::Apiserver(args) => crate::bench_apiserver::run(&args),
         BenchCommand::Operator(args) => crate::bench_operator::bench_operator(&args),
+        BenchCommand::Scaling(args) => crate::bench_scaling::run(&args),
     }
 }
 

@@ -293,7 +293,7 @@ fn time_apply(kubeconfig: &Path, name: &str, size: usize) -> Result<Duration> {
     let started = Instant::now();
     kubectl(
         kubeconfig,
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         Some(&yaml),
     )?;
     let deadline = started + Duration::from_secs(300);

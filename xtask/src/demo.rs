@@ -1,6 +1,12 @@
-//! `cargo xtask demo`: the interim main job, until `cellmesh-local up` exists.
+//! `cargo xtask demo`: two demos.
 //!
-//! Starts µBench's three-service parallel mesh (s0 calls s1 and s2 in parallel) as cell
+//! `cargo xtask demo scaling` ([`run_scaling`]): in-place vertical scaling end to end on a
+//! `cellmesh-local up` cluster — the `pi` WorkModel and its ScalingPolicy
+//! (`examples/scaling/pi-loop.yaml`) under a load step from cellmesh-load, the CPU limit in
+//! the cgroup printed as it changes, then quiet until it comes back down, and the timeline
+//! (`cellmesh-operator timeline`) written to an SVG whose path it prints.
+//!
+//! `cargo xtask demo` alone (cluster-free) starts µBench's three-service parallel mesh (s0 calls s1 and s2 in parallel) as cell
 //! processes on their own loopback addresses (127.0.0.21–23, like pods), wired with
 //! `--resolve`, waits until each is ready, drives s0 with cellmesh-load, prints the report
 //! and what was running, and stops everything (also on error or Ctrl-C).
@@ -43,7 +49,10 @@ pub fn sum_metric(text: &str, name: &str) -> f64 {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Demo {
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
     /// Seconds of load on s0.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -56,6 +65,102 @@ pub struct Demo {
     /// Workmodel to run [default: examples/mubench/workmodel-parallel-3services.json].
     #[arg(long)]
     pub workmodel: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// In-place vertical scaling on cellmesh-local: a load step on the `pi` WorkModel, its
+    /// ScalingPolicy raising then lowering the CPU limit, and the timeline as an SVG.
+    Scaling(ScalingDemo),
+}
+
+#[derive(Debug, Args)]
+pub struct ScalingDemo {
+    /// Seconds of the load step.
+    #[arg(long, default_value_t = 60)]
+    pub step: u64,
+    /// Seconds of quiet after the step (the limit comes down after downEvents windows).
+    #[arg(long, default_value_t = 75)]
+    pub quiet: u64,
+    /// Open-loop request rate of the step (req/s).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Where to write the timeline [default: <target>/scaling-timeline.svg].
+    #[arg(long, short = 'o')]
+    pub out: Option<PathBuf>,
+    /// Use release binaries (built first).
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// `cargo xtask demo scaling`.
+pub fn run_scaling(args: &ScalingDemo) -> Result<()> {
+    use crate::bench_scaling::{
+        Cluster, EXAMPLE, EXAMPLE_NAME, build, unix_now, watch_quiet, watch_step,
+    };
+    if args.step == 0 || args.rate <= 0.0 {
+        bail!("--step and --rate must be positive");
+    }
+    let bin = build(args.release)?;
+    let out = match &args.out {
+        Some(path) => path.clone(),
+        None => bin.join("scaling-timeline.svg"),
+    };
+    let cluster = Cluster::start(&bin)?;
+    step(&format!("applying {EXAMPLE}"));
+    let example = std::fs::read_to_string(workspace_root().join(EXAMPLE))
+        .with_context(|| format!("cannot read {EXAMPLE}"))?;
+    cluster.kubectl(&["apply", "-f", "-"], Some(&example))?;
+    let pod = cluster.wait_pod(EXAMPLE_NAME, Duration::from_secs(180))?;
+    let begin = unix_now();
+    eprintln!(
+        "  pod {} is running (pid {}); 20 s idle so Prometheus has a baseline",
+        pod.name, pod.pid
+    );
+    std::thread::sleep(Duration::from_secs(20));
+    step(&format!(
+        "load step: {} req/s for {} s",
+        args.rate, args.step
+    ));
+    let report_file = bin.join("scaling-demo-load.json");
+    let outcome = watch_step(&bin, &pod, args.step, args.rate, 32, &report_file)?;
+    eprintln!(
+        "  load: {:.1} ok req/s, p99 {:.1} ms",
+        outcome.report["success_rps"].as_f64().unwrap_or(f64::NAN),
+        outcome.report["latency_ms"]["p99"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    );
+    step(&format!("quiet for {} s", args.quiet));
+    watch_quiet(&pod, args.quiet);
+    // One more scrape so the last change is in Prometheus.
+    std::thread::sleep(Duration::from_secs(6));
+    let status = cluster.kubectl(
+        &[
+            "get",
+            "scalingpolicy",
+            EXAMPLE_NAME,
+            "-o",
+            "jsonpath={.status.lastAction}",
+        ],
+        None,
+    )?;
+    eprintln!("  the policy's last action: {status}");
+    step("drawing the timeline");
+    crate::util::run(
+        Command::new(bin.join("cellmesh-operator"))
+            .arg("timeline")
+            .arg("--prometheus")
+            .arg(cluster.prometheus_url())
+            .arg("--pod")
+            .arg(&pod.name)
+            .arg(format!("--start={begin:.0}"))
+            .arg(format!("--end={:.0}", unix_now()))
+            .arg("--out")
+            .arg(&out),
+    )?;
+    println!("timeline: {}", out.display());
+    Ok(())
 }
 
 /// The workmodel: the repository's copy, else the shared µBench files beside the repository.
@@ -83,6 +188,9 @@ struct Running {
 }
 
 pub fn run(args: &Demo) -> Result<()> {
+    if let Some(Scenario::Scaling(scaling)) = &args.scenario {
+        return run_scaling(scaling);
+    }
     if args.duration == 0 || args.connections == 0 {
         bail!("--duration and --connections must be at least 1");
     }
@@ -224,6 +332,12 @@ x_sum{method="GET"} 12.5
             (10, 2, 16)
         );
         assert!(cli.demo.workmodel.is_none());
+        assert!(cli.demo.scenario.is_none());
+        let cli = Cli::try_parse_from(["demo", "scaling", "--step", "30"]).unwrap();
+        let Some(Scenario::Scaling(scaling)) = cli.demo.scenario else {
+            panic!("`demo scaling` is the scaling scenario");
+        };
+        assert_eq!((scaling.step, scaling.quiet, scaling.out), (30, 75, None));
         let cli =
             Cli::try_parse_from(["demo", "--duration", "3", "--workmodel", "w.json"]).unwrap();
         assert_eq!(cli.demo.duration, 3);

@@ -7,6 +7,7 @@ mod bench_engine;
 mod bench_operator;
 mod bench_parse;
 mod bench_procs;
+mod bench_scaling;
 mod crdgen;
 mod demo;
 mod setup;

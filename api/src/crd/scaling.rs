@@ -112,6 +112,58 @@ impl Resource {
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Metrics",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"MetricsAvailable\")].status",
+        description = "Whether usage could be read (False: every size is held)"
+    ),
+    printcolumn(
+        name = "Container",
+        type_ = "string",
+        json_path = ".status.containers[0].container",
+        description = "The first guarded container (the next columns are its figures)",
+        priority = 1
+    ),
+    printcolumn(
+        name = "CPU Use",
+        type_ = "string",
+        json_path = ".status.containers[0].cpu.usage",
+        description = "CPU usage of the first guarded container"
+    ),
+    printcolumn(
+        name = "CPU Limit",
+        type_ = "string",
+        json_path = ".status.containers[0].cpu.limit",
+        description = "CPU limit of the first guarded container"
+    ),
+    printcolumn(
+        name = "CPU Rec",
+        type_ = "string",
+        json_path = ".status.containers[0].cpu.recommendation",
+        description = "The CPU limit the Guardian recommends for the first guarded container"
+    ),
+    printcolumn(
+        name = "Mem Use",
+        type_ = "string",
+        json_path = ".status.containers[0].memory.usage",
+        description = "Memory usage of the first guarded container",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Mem Limit",
+        type_ = "string",
+        json_path = ".status.containers[0].memory.limit",
+        description = "Memory limit of the first guarded container",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Mem Rec",
+        type_ = "string",
+        json_path = ".status.containers[0].memory.recommendation",
+        description = "The memory limit the Guardian recommends for the first guarded container",
+        priority = 1
+    ),
+    printcolumn(
         name = "Last Action",
         type_ = "string",
         json_path = ".status.lastAction",
@@ -180,7 +232,9 @@ pub struct ScalingPolicySpec {
     #[schemars(schema_with = "duration_schema")]
     pub cooldown: HumanDuration,
 
-    /// Where usage comes from. Default: the operator's Prometheus with cAdvisor's metrics.
+    /// Where usage comes from. Default: the operator's Prometheus (`--prometheus-url`) with
+    /// cAdvisor's metrics; when neither the policy nor the operator names a Prometheus, the
+    /// resource metrics API `metrics.k8s.io/v1beta1` (PodMetrics, as `kubectl top pods`).
     #[serde(default, skip_serializing_if = "Metrics::is_default")]
     pub metrics: Metrics,
 }
@@ -517,11 +571,14 @@ pub struct Budget {
     pub memory: Option<Quantity>,
 }
 
-/// Where the Guardian reads usage.
+/// Where the Guardian reads usage: Prometheus when one is named here or by the operator's
+/// `--prometheus-url`, otherwise `metrics.k8s.io/v1beta1` PodMetrics (metrics-server or
+/// cellmesh-local's node agents; the queries below are then unused).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Metrics {
-    /// The Prometheus server to query. Default: the operator's `--prometheus-url`.
+    /// The Prometheus server to query. Default: the operator's `--prometheus-url`; without
+    /// either, usage comes from `metrics.k8s.io`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSource>,
     /// PromQL giving CPU usage in cores by `namespace`, `pod` and `container`; `{{window}}`

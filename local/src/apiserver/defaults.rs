@@ -35,6 +35,7 @@ pub fn apply(info: &ResourceInfo, object: &mut Value, _now: &str) {
         ("", "secrets") => {
             if let Some(map) = obj(object) {
                 default_field(map, "type", json!("Opaque"));
+                merge_string_data(map);
             }
         }
         ("apps", "deployments") => deployment(object),
@@ -225,6 +226,22 @@ fn replica_set(object: &mut Value) {
         template_defaults(spec);
     }
     map.insert("status".into(), json!({"replicas": 0}));
+}
+
+/// `stringData` is write-only: Kubernetes merges it into `data` (base64, overriding the
+/// same keys there) and never stores it.
+fn merge_string_data(secret: &mut Map<String, Value>) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = secret.remove("stringData") else {
+        return;
+    };
+    if let Some(data) = child(secret, "data") {
+        for (key, value) in strings {
+            let text = value.as_str().unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+            data.insert(key, Value::String(encoded));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -340,6 +340,16 @@ fn discovery_response(
             Some(body) => rest::json_response(StatusCode::OK, &body),
             None => return Some(Err(ApiError::no_route())),
         },
+        ["openapi", "v2"] => {
+            let version = format!("v{}.{}.0", KUBERNETES_VERSION.0, KUBERNETES_VERSION.1);
+            let (content_type, body) = openapi::v2_document(accept, &version);
+            let mut response = rest::json_text_response(StatusCode::OK, body);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(content_type),
+            );
+            response
+        }
         ["openapi", "v3"] => rest::json_response(
             StatusCode::OK,
             &openapi::root(&state.registry, &|info| crd::schema_of(state, info)),

@@ -12,6 +12,17 @@
 //!   `$ref`s under `#/components/schemas/` as Kubernetes publishes them), custom resources
 //!   their CRD's `openAPIV3Schema`.
 //!
+//! - `/openapi/v2` is a valid Swagger 2.0 document without paths or definitions (JSON, or
+//!   gnostic's protobuf `openapi_v2.Document`, which is all client-go's `OpenAPISchema()`
+//!   accepts). kubectl reads it only where v3 gives no answer: for a custom resource whose
+//!   CRD is created by the same `kubectl apply -f` (its group-version is in neither
+//!   document yet) it falls back to v2 schema validation, finds no schema for the kind and
+//!   leaves validation to the server — as against a real cluster, where such a kind is not
+//!   in v2 either. Without the document that fallback fails ("the server could not find
+//!   the requested resource") and kubectl demands `--validate=false`. With no v2 schemas,
+//!   kubectl's client-side apply computes strategic-merge patches from its compiled-in
+//!   types, as it does with the v3 documents.
+//!
 //! Built-in documents never change while the process runs, so each is rendered once, on
 //! first request, and kept as text with its hash (`builtin_document`); documents of groups
 //! with custom resources are rendered per request from the stored CRDs.
@@ -220,6 +231,53 @@ pub fn root(registry: &Registry, crd_schemas: &dyn Fn(&ResourceInfo) -> Option<V
     json!({"paths": paths})
 }
 
+/// The media type of the protobuf form of the v2 document, as kube-openapi answers it
+/// (clients ask for the older `…spec.v2@v1.0+protobuf`, whose `@` Go's `mime` rejects in
+/// a Content-Type).
+pub const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// The `/openapi/v2` document as (content type, body): protobuf when `accept` names
+/// gnostic's media type, JSON otherwise.
+pub fn v2_document(accept: &str, kubernetes_version: &str) -> (&'static str, bytes::Bytes) {
+    const TITLE: &str = "Kubernetes";
+    if accept.contains("application/com.github.proto-openapi.spec.v2") {
+        // openapi_v2.Document { swagger = 1; info = 2 }, Info { title = 1; version = 2 }.
+        let mut info = Vec::new();
+        put_string(&mut info, 1, TITLE);
+        put_string(&mut info, 2, kubernetes_version);
+        let mut doc = Vec::new();
+        put_string(&mut doc, 1, "2.0");
+        put_bytes(&mut doc, 2, &info);
+        return (V2_PROTOBUF, doc.into());
+    }
+    let doc = json!({
+        "swagger": "2.0",
+        "info": {"title": TITLE, "version": kubernetes_version},
+        "paths": {},
+        "definitions": {},
+    });
+    ("application/json", doc.to_string().into())
+}
+
+/// Appends a length-delimited protobuf field (wire type 2).
+fn put_bytes(out: &mut Vec<u8>, field: u8, value: &[u8]) {
+    put_varint(out, u64::from(field) << 3 | 2);
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+fn put_string(out: &mut Vec<u8>, field: u8, value: &str) {
+    put_bytes(out, field, value.as_bytes());
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 /// The schema name Kubernetes uses: reversed group + version + kind
 /// (`io.cellmesh.v1alpha1.WorkModel`).
 fn schema_name(info: &ResourceInfo) -> String {
@@ -305,6 +363,25 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v2_is_an_empty_swagger_document_in_json_or_protobuf() {
+        let (content_type, body) = v2_document("application/json", "v1.33.0");
+        assert_eq!(content_type, "application/json");
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        assert_eq!(doc["definitions"], json!({}));
+        let (content_type, body) = v2_document(
+            "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+            "v1.33.0",
+        );
+        assert_eq!(content_type, V2_PROTOBUF);
+        // swagger = "2.0"; info = { title = "Kubernetes"; version = "v1.33.0" }.
+        assert_eq!(
+            &body[..],
+            b"\x0a\x032.0\x12\x15\x0a\x0aKubernetes\x12\x07v1.33.0"
+        );
+    }
 
     #[test]
     fn root_lists_every_group_version() {

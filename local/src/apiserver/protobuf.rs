@@ -15,7 +15,11 @@
 //! `FieldsV1` the JSON they carry; `Duration` a Go duration string; the named slices
 //! `Verbs`/`ExtraValue` plain arrays; `bytes` base64. Go's protobuf marshaller writes every
 //! non-pointer string even when empty, so empty strings are dropped (they are the
-//! `omitempty` zero values JSON clients would not have sent).
+//! `omitempty` zero values JSON clients would not have sent). Likewise `false` and `0` of
+//! the non-pointer `omitempty` scalars in [`GO_OMITEMPTY_SCALARS`] (`stdin`, `paused`,
+//! `minReadySeconds`, template `generation` …) are dropped; every other zero is kept,
+//! because pointer fields (`replicas: 0`, `automountServiceAccountToken: false`) carry a
+//! choice the client made, and the wire cannot tell the two apart.
 
 use std::sync::LazyLock;
 
@@ -117,6 +121,61 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
 
 const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
 
+/// Scalar fields declared in Go as non-pointer `bool`/integer with `omitempty`, by proto
+/// message: Go's protobuf marshaller writes their zero value, its JSON marshaller omits
+/// it. The messages are those client-go tools (`kubectl create deployment|service|job …`,
+/// `kubectl run`) send; a zero of a field not listed here is kept.
+const GO_OMITEMPTY_SCALARS: &[(&str, &[&str])] = &[
+    (
+        "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        &["generation"],
+    ),
+    (
+        "k8s.io.api.apps.v1.DeploymentSpec",
+        &["minReadySeconds", "paused"],
+    ),
+    ("k8s.io.api.apps.v1.ReplicaSetSpec", &["minReadySeconds"]),
+    ("k8s.io.api.apps.v1.StatefulSetSpec", &["minReadySeconds"]),
+    ("k8s.io.api.apps.v1.DaemonSetSpec", &["minReadySeconds"]),
+    (
+        "k8s.io.api.core.v1.PodSpec",
+        &["hostNetwork", "hostPID", "hostIPC"],
+    ),
+    (
+        "k8s.io.api.core.v1.Container",
+        &["stdin", "stdinOnce", "tty"],
+    ),
+    (
+        "k8s.io.api.core.v1.EphemeralContainerCommon",
+        &["stdin", "stdinOnce", "tty"],
+    ),
+    ("k8s.io.api.core.v1.ContainerPort", &["hostPort"]),
+    ("k8s.io.api.core.v1.VolumeMount", &["readOnly"]),
+    (
+        "k8s.io.api.core.v1.Probe",
+        &[
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ],
+    ),
+    (
+        "k8s.io.api.core.v1.ServiceSpec",
+        &["healthCheckNodePort", "publishNotReadyAddresses"],
+    ),
+    ("k8s.io.api.core.v1.ServicePort", &["nodePort"]),
+];
+
+/// Whether `value` of `field` in message `message` is a Go `omitempty` zero value.
+fn is_go_omitted_zero(message: &str, field: &str, value: &Value) -> bool {
+    let zero = value == &Value::Bool(false) || value.as_i64() == Some(0);
+    zero && GO_OMITEMPTY_SCALARS
+        .iter()
+        .any(|(m, fields)| *m == message && fields.contains(&field))
+}
+
 /// One message as JSON, with the special cases of the module docs.
 fn message_to_json(message: &DynamicMessage) -> Result<Value, ApiError> {
     let desc = message.descriptor();
@@ -178,7 +237,10 @@ fn message_to_json(message: &DynamicMessage) -> Result<Value, ApiError> {
     let mut object = Map::new();
     for (fd, value) in message.fields() {
         let converted = field_to_json(value)?;
-        if matches!(&converted, Value::Null) || converted.as_str() == Some("") {
+        if matches!(&converted, Value::Null)
+            || converted.as_str() == Some("")
+            || is_go_omitted_zero(name, fd.json_name(), &converted)
+        {
             continue;
         }
         object.insert(fd.json_name().to_owned(), converted);
@@ -362,6 +424,29 @@ mod tests {
             "data": {"k": "v", "empty": ""}, "binaryData": {"bin": "AAEC"}});
         let decoded = decode(&encode_for_test(&cm)).unwrap();
         assert_eq!(decoded, cm);
+    }
+
+    #[test]
+    fn go_omitempty_zeros_are_dropped_and_pointer_zeros_kept() {
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "generation": 0},
+            "spec": {"replicas": 0, "minReadySeconds": 0, "paused": false,
+                "template": {"metadata": {"generation": 0},
+                    "spec": {"hostNetwork": false, "automountServiceAccountToken": false,
+                        "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "c", "image": "i", "stdin": false, "tty": false,
+                            "ports": [{"containerPort": 80, "hostPort": 0}]}]}}}});
+        let decoded = decode(&encode_for_test(&deployment)).unwrap();
+        assert_eq!(
+            decoded,
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {"replicas": 0, "template": {"metadata": {},
+                    "spec": {"automountServiceAccountToken": false,
+                        "terminationGracePeriodSeconds": 0,
+                        "containers": [{"name": "c", "image": "i",
+                            "ports": [{"containerPort": 80}]}]}}}})
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +29,9 @@ use super::table;
 /// Watches end after this long unless the client asks for less (`timeoutSeconds`);
 /// clients reconnect from their last version.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Synthetic ADDED events are sent in chunks of about this many bytes.
+const INITIAL_CHUNK: usize = 64 * 1024;
 
 struct Watch {
     store: Store,
@@ -200,16 +203,20 @@ async fn run(watch: Watch, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
                 watch.namespace.as_deref(),
                 &watch.filter,
             );
+            // The initial state goes out in chunks of about `INITIAL_CHUNK` bytes.
+            let mut chunk = BytesMut::new();
             for object in objects {
-                if tx
-                    .send(Ok(line("ADDED", &watch.render(&object))))
-                    .await
-                    .is_err()
+                chunk.extend_from_slice(&line("ADDED", &watch.render(&object)));
+                if chunk.len() >= INITIAL_CHUNK
+                    && tx.send(Ok(chunk.split().freeze())).await.is_err()
                 {
                     return;
                 }
             }
-            if end_bookmark && tx.send(Ok(watch.bookmark(rv, true))).await.is_err() {
+            if end_bookmark {
+                chunk.extend_from_slice(&watch.bookmark(rv, true));
+            }
+            if !chunk.is_empty() && tx.send(Ok(chunk.freeze())).await.is_err() {
                 return;
             }
             rv
@@ -229,20 +236,27 @@ async fn run(watch: Watch, tx: mpsc::Sender<Result<Bytes, Infallible>>) {
                 return;
             }
             Ok(events) => {
+                // Every event of this wake-up goes out as one chunk: one channel send, one
+                // HTTP chunk, one TLS record and one write per watcher instead of one per
+                // event, which is what keeps a burst of commits from queueing up behind
+                // 100 watchers' writes.
+                let mut chunk = BytesMut::new();
                 for event in events {
                     let is_in = watch.in_scope(&event.object);
                     let was_in = event.previous.as_deref().is_some_and(|p| watch.in_scope(p));
                     if let Some(kind) = visible(event.kind, was_in, is_in) {
-                        let bytes = if kind == event.kind.as_str() && watch.sends_as_stored() {
-                            event.wire.get_or_init(|| line(kind, &event.object)).clone()
+                        if kind == event.kind.as_str() && watch.sends_as_stored() {
+                            chunk.extend_from_slice(
+                                event.wire.get_or_init(|| line(kind, &event.object)),
+                            );
                         } else {
-                            line(kind, &watch.render(&event.object))
-                        };
-                        if tx.send(Ok(bytes)).await.is_err() {
-                            return;
+                            chunk.extend_from_slice(&line(kind, &watch.render(&event.object)));
                         }
                     }
                     cursor = cursor.max(event.rv);
+                }
+                if !chunk.is_empty() && tx.send(Ok(chunk.freeze())).await.is_err() {
+                    return;
                 }
             }
         }

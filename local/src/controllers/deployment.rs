@@ -223,11 +223,19 @@ pub struct SetState {
 impl SetState {
     pub fn of(rs: &ReplicaSet) -> Self {
         let status = rs.status.as_ref();
+        let spec = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         Self {
             name: rs.metadata.name.clone().unwrap_or_default(),
-            spec: rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            spec,
             pods: status.map_or(0, |s| s.replicas),
-            available: status.and_then(|s| s.available_replicas).unwrap_or(0),
+            // Pods beyond `spec` are about to be deleted, yet the ReplicaSet's status still
+            // counts them until its controller syncs again (it computes the status from the
+            // pods it saw before deleting). Counting them would let the next step scale
+            // another old pod away and drop below `replicas - maxUnavailable`.
+            available: status
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0)
+                .min(spec),
         }
     }
 }
@@ -1033,6 +1041,37 @@ mod tests {
             }
         }
         panic!("the rollout did not finish");
+    }
+
+    /// The race behind a once-flaky rollout test: the old set was just scaled 4 → 3 but its
+    /// status still counts 4 available pods. Trusting it would scale the old set to 1 while
+    /// only one new pod is ready: 2 ready of 4 with maxUnavailable 1.
+    #[test]
+    fn a_stale_old_status_cannot_take_availability_below_the_minimum() {
+        let d = deployment(4, json!(1), json!(1));
+        let replica_set = |name: &str, spec: i32, available: i32| -> ReplicaSet {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"replicas": spec, "selector": {}},
+                "status": {"replicas": available, "availableReplicas": available},
+            }))
+            .unwrap()
+        };
+        let old = SetState::of(&replica_set("old", 3, 4));
+        let new = SetState::of(&replica_set("new", 2, 1));
+        let step = next_step(&d, Some(&new), std::slice::from_ref(&old)).unwrap();
+        let old_after = match &step {
+            Step::Scale(changes) => changes
+                .iter()
+                .find(|(name, _)| name == "old")
+                .map_or(old.spec, |(_, n)| *n),
+            _ => old.spec,
+        };
+        // Ready afterwards: the old set's remaining pods plus the one ready new pod.
+        assert!(
+            old_after + new.available >= 4 - 1,
+            "old set scaled to {old_after}: {step:?}"
+        );
     }
 
     #[test]

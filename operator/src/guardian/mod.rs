@@ -110,6 +110,18 @@ pub struct Change {
 }
 
 impl Change {
+    /// Whether the limit grows (an OOM bump or up events) rather than shrinks.
+    pub fn is_up(&self) -> bool {
+        match (
+            quantity::parse(&self.from.limit.0),
+            quantity::parse(&self.to.limit.0),
+        ) {
+            (Ok(from), Ok(to)) => to > from,
+            // The Guardian writes only quantities it parsed; fall back on the reason.
+            _ => !matches!(self.reason, Reason::DownEvents(_)),
+        }
+    }
+
     /// `cpu 500m→1250m (2 up events)`, for status, Events and logs.
     pub fn describe(&self) -> String {
         format!(

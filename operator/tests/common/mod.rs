@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod up;
+
 /// Namespace of the operator's ServiceAccount and Lease.
 pub const SYSTEM_NS: &str = "cellmesh-system";
 
@@ -236,7 +238,6 @@ impl Cluster {
             &[
                 "apply",
                 "--server-side",
-                "--validate=false",
                 "-n",
                 namespace,
                 "-f",

@@ -1,0 +1,606 @@
+//! `cargo xtask bench scaling`: what in-place vertical scaling buys, on one load step, in
+//! one run on one `cellmesh-local up` cluster (real cells in cgroups, real Prometheus
+//! scraping every 5 s, the operator as a pod):
+//! - (a) a static small CPU limit (the example's 200m, no policy),
+//! - (b) a static large limit (the policy's max),
+//! - (c) the example's ScalingPolicy (`examples/scaling/pi-loop.yaml`), starting small.
+//!
+//! Each case gets the same open-loop load step from cellmesh-load; reported: p99 latency,
+//! CPU-seconds allocated during the step (the cgroup's quota, sampled every 250 ms and
+//! integrated), the reaction time (load step → first quota change in the cgroup) and
+//! ratios against (b). Goals (issue 8): reaction ≤ 20 s; p99 within 1.5× of (b) with ≤ 60 %
+//! of its CPU-seconds.
+//!
+//! The cluster driver ([`Cluster`], [`watch_step`]) is shared with `cargo xtask demo
+//! scaling`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde_json::Value;
+
+use crate::util::{step, workspace_root};
+
+/// The example the demo and the bench run.
+pub const EXAMPLE: &str = "examples/scaling/pi-loop.yaml";
+/// Name of the example's WorkModel, service and ScalingPolicy.
+pub const EXAMPLE_NAME: &str = "pi";
+const NS: &str = "default";
+
+#[derive(Debug, Args)]
+pub struct ScalingBench {
+    /// Seconds of the load step.
+    #[arg(long, default_value_t = 60)]
+    pub step: u64,
+    /// Seconds of no load before the step (Prometheus needs a few scrapes).
+    #[arg(long, default_value_t = 20)]
+    pub idle: u64,
+    /// Open-loop request rate of the step (req/s).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Connections of cellmesh-load.
+    #[arg(long, default_value_t = 32)]
+    pub connections: u32,
+    /// Use release binaries (built first); default: the debug ones `cargo build` makes.
+    #[arg(long)]
+    pub release: bool,
+}
+
+/// Builds cellmesh-local, -cell, -operator and -load; returns their directory.
+pub fn build(release: bool) -> Result<PathBuf> {
+    step("building cellmesh-local, cellmesh-cell, cellmesh-operator and cellmesh-load");
+    let mut args = vec!["build", "--locked"];
+    for package in [
+        "cellmesh-local",
+        "cellmesh-cell",
+        "cellmesh-operator",
+        "cellmesh-load",
+    ] {
+        args.extend(["-p", package]);
+    }
+    if release {
+        args.push("--release");
+    }
+    crate::util::cargo(&args)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(target.join(if release { "release" } else { "debug" }))
+}
+
+/// A `cellmesh-local up` cluster on a random 127.x.y.0/24 network with its own state
+/// directory; `down` on drop.
+pub struct Cluster {
+    bin: PathBuf,
+    /// State directory (under the target directory; removed on drop).
+    state: PathBuf,
+    /// HOME for kubectl (its cache).
+    home: PathBuf,
+    /// Prometheus' HTTP API.
+    pub prometheus: SocketAddr,
+}
+
+fn free_port(ip: Ipv4Addr) -> Result<u16> {
+    Ok(TcpListener::bind((ip, 0))
+        .with_context(|| format!("cannot bind {ip}"))?
+        .local_addr()?
+        .port())
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Cluster {
+    /// Runs `cellmesh-local up` with Prometheus and the operator, applying no example.
+    pub fn start(bin: &Path) -> Result<Self> {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id();
+        let [a, b, ..] = seed.wrapping_mul(2_654_435_761).to_le_bytes();
+        // 127.200–230.x: away from the test harnesses' ranges.
+        let net = [127, 200 + a % 31, b];
+        let ip = Ipv4Addr::new(net[0], net[1], net[2], 1);
+        let at = |last| Ipv4Addr::new(net[0], net[1], net[2], last);
+        let scratch = bin.join(format!("scaling-cluster-{}", std::process::id()));
+        let (state, home) = (scratch.join("state"), scratch.join("home"));
+        for dir in [&state, &home] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let cluster = Self {
+            bin: bin.to_owned(),
+            state,
+            home,
+            prometheus: SocketAddr::from((ip, free_port(ip)?)),
+        };
+        step(&format!(
+            "cellmesh-local up on {}.{}.{}.0/24 (state in {})",
+            net[0],
+            net[1],
+            net[2],
+            cluster.state.display()
+        ));
+        let out = Command::new(bin.join("cellmesh-local"))
+            .arg("up")
+            .arg("--state-dir")
+            .arg(&cluster.state)
+            .arg(format!("--listen={ip}:0"))
+            .arg(format!("--dns-addr={}:53", at(253)))
+            .arg(format!("--prometheus-sd-addr={}:10080", at(253)))
+            .arg(format!(
+                "--service-cidr={}.{}.{}.0/26",
+                net[0], net[1], net[2]
+            ))
+            .arg(format!("--prometheus-listen={}", cluster.prometheus))
+            .arg("--timeout=180s")
+            .arg("--no-example")
+            .arg("--")
+            .arg(format!("--node-metrics-addr={ip}:{}", free_port(ip)?))
+            .arg(format!(
+                "--pod-cidr={}.{}.{}.128/25",
+                net[0], net[1], net[2]
+            ))
+            // Its own cgroup parent: a node agent SIGKILLs everything under its parent when
+            // it starts and stops, so clusters sharing the default one kill each other's pods.
+            .arg(format!("--cgroup-parent=cellmesh-{}-{}", net[1], net[2]))
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run cellmesh-local up")?;
+        if !out.status.success() {
+            bail!(
+                "cellmesh-local up failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(cluster)
+    }
+
+    pub fn prometheus_url(&self) -> String {
+        format!("http://{}", self.prometheus)
+    }
+
+    /// Runs kubectl as the admin with `stdin` piped in; its stdout.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        use std::io::Write as _;
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .arg("--request-timeout=30s")
+            .env("KUBECONFIG", self.state.join("kubeconfig"))
+            .env("HOME", &self.home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run kubectl")?;
+        if let Some(mut pipe) = child.stdin.take() {
+            pipe.write_all(stdin.unwrap_or_default().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits for the running pod of WorkModel `name`'s service `name`.
+    pub fn wait_pod(&self, name: &str, timeout: Duration) -> Result<Pod> {
+        let deadline = Instant::now() + timeout;
+        let selector = format!("cellmesh.io/workmodel={name},cellmesh.io/service={name}");
+        loop {
+            let pods = self.kubectl(
+                &["-n", NS, "get", "pods", "-l", &selector, "-o", "json"],
+                None,
+            )?;
+            let pods: Value = serde_json::from_str(&pods)?;
+            if let Some(pod) = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(Pod::from_json)
+            {
+                return Ok(pod);
+            }
+            if Instant::now() > deadline {
+                bail!("no running pod of {name} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(self.bin.join("cellmesh-local"))
+            .arg("down")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output();
+        if let Some(scratch) = self.state.parent() {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
+    }
+}
+
+/// The running pod of a service, as the bench needs it.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub ip: String,
+    pub pid: u32,
+}
+
+impl Pod {
+    fn from_json(pod: &Value) -> Option<Self> {
+        if pod["status"]["phase"] != "Running" {
+            return None;
+        }
+        let status = &pod["status"]["containerStatuses"][0];
+        if status["ready"] != true {
+            return None;
+        }
+        Some(Self {
+            name: pod["metadata"]["name"].as_str()?.to_owned(),
+            ip: pod["status"]["podIP"].as_str()?.to_owned(),
+            pid: status["containerID"]
+                .as_str()?
+                .strip_prefix("cellmesh://")?
+                .parse()
+                .ok()?,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}:8080/api/v1", self.ip)
+    }
+}
+
+/// The CPU limit (cores) the kernel enforces on `pid`: its cgroup v1 `cpu.cfs_quota_us` /
+/// `cpu.cfs_period_us`; `None` when unlimited or unreadable.
+pub fn cgroup_cores(pid: u32) -> Option<f64> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "cpu").then_some(path)
+    })?;
+    let dir = PathBuf::from(format!("/sys/fs/cgroup/cpu{path}"));
+    let read = |file: &str| -> Option<f64> {
+        std::fs::read_to_string(dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let quota = read("cpu.cfs_quota_us")?;
+    let period = read("cpu.cfs_period_us")?;
+    (quota > 0.0 && period > 0.0).then(|| quota / period)
+}
+
+/// The quota seen over time: `(seconds since the step began, cores)`.
+pub type QuotaTrace = Vec<(f64, f64)>;
+
+/// Integral of a step function sampled at `trace` up to `end` seconds: CPU-seconds.
+pub fn cpu_seconds(trace: &[(f64, f64)], end: f64) -> f64 {
+    trace
+        .iter()
+        .enumerate()
+        .map(|(i, &(at, cores))| {
+            let until = trace.get(i + 1).map_or(end, |&(next, _)| next).min(end);
+            (until - at).max(0.0) * cores
+        })
+        .sum()
+}
+
+/// Seconds from the step until the quota first differs from its first value.
+pub fn reaction(trace: &[(f64, f64)]) -> Option<f64> {
+    let &(_, first) = trace.first()?;
+    trace
+        .iter()
+        .find(|&&(_, cores)| (cores - first).abs() > 1e-3)
+        .map(|&(at, _)| at)
+}
+
+/// What one load step did.
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The load report (cellmesh-load's JSON).
+    pub report: Value,
+    pub trace: QuotaTrace,
+    pub step_seconds: f64,
+}
+
+/// Runs cellmesh-load against `pod` for `seconds` at `rate` req/s while sampling its
+/// cgroup's quota every 250 ms; prints every quota change as it happens.
+pub fn watch_step(
+    bin: &Path,
+    pod: &Pod,
+    seconds: u64,
+    rate: f64,
+    connections: u32,
+    report_file: &Path,
+) -> Result<StepOutcome> {
+    let clock = Instant::now();
+    let mut load = Command::new(bin.join("cellmesh-load"))
+        .arg(pod.url())
+        .arg(format!("--rate={rate}"))
+        .arg(format!("--connections={connections}"))
+        .arg(format!("--duration={seconds}s"))
+        .arg("--threads=1")
+        .arg("--quiet")
+        .arg("--json")
+        .arg(report_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot run cellmesh-load")?;
+    let mut trace = QuotaTrace::new();
+    let status = loop {
+        if let Some(cores) = cgroup_cores(pod.pid) {
+            let at = clock.elapsed().as_secs_f64();
+            if trace
+                .last()
+                .is_none_or(|&(_, last)| (last - cores).abs() > 1e-3)
+            {
+                eprintln!(
+                    "  t={at:5.1}s  CPU limit in the cgroup: {:.0}m",
+                    cores * 1000.0
+                );
+            }
+            trace.push((at, cores));
+        }
+        if let Some(status) = load.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let step_seconds = clock.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("cellmesh-load failed ({status})");
+    }
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(report_file)
+            .with_context(|| format!("cannot read {}", report_file.display()))?,
+    )?;
+    Ok(StepOutcome {
+        report,
+        trace,
+        step_seconds,
+    })
+}
+
+/// Prints the quota's changes while nothing loads the pod, for `seconds`.
+pub fn watch_quiet(pod: &Pod, seconds: u64) {
+    let clock = Instant::now();
+    let mut last = cgroup_cores(pod.pid);
+    while clock.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = cgroup_cores(pod.pid);
+        if now != last {
+            if let Some(cores) = now {
+                eprintln!(
+                    "  quiet t={:5.1}s  CPU limit in the cgroup: {:.0}m",
+                    clock.elapsed().as_secs_f64(),
+                    cores * 1000.0
+                );
+            }
+            last = now;
+        }
+    }
+}
+
+/// The example with the WorkModel renamed to `name`, its limit set to `limit` (e.g.
+/// `1500m`), and the ScalingPolicy kept only when `with_policy`.
+pub fn variant(example: &str, name: &str, limit: &str, with_policy: bool) -> Result<String> {
+    let mut documents = Vec::new();
+    for document in example.split("\n---\n") {
+        let is_policy = document.contains("kind: ScalingPolicy");
+        if is_policy && !with_policy {
+            continue;
+        }
+        let mut text = document
+            .replace("name: pi\n", &format!("name: {name}\n"))
+            .replace(
+                "name: pi, services: [pi]",
+                &format!("name: {name}, services: [{name}]"),
+            )
+            .replace("\n    pi:\n", &format!("\n    {name}:\n"));
+        if !is_policy {
+            let from = "limits: {cpu: 200m,";
+            if !text.contains(from) {
+                bail!("{EXAMPLE} no longer has `{from}`: update the bench");
+            }
+            text = text.replace(from, &format!("limits: {{cpu: {limit},"));
+        }
+        documents.push(text);
+    }
+    Ok(documents.join("\n---\n"))
+}
+
+struct Case {
+    label: &'static str,
+    name: &'static str,
+    limit: &'static str,
+    policy: bool,
+}
+
+const CASES: [Case; 3] = [
+    Case {
+        label: "(a) static 200m",
+        name: "small",
+        limit: "200m",
+        policy: false,
+    },
+    Case {
+        label: "(b) static 1500m",
+        name: "large",
+        limit: "1500m",
+        policy: false,
+    },
+    Case {
+        label: "(c) ScalingPolicy",
+        name: "scaled",
+        limit: "200m",
+        policy: true,
+    },
+];
+
+fn uptime() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+pub fn run(args: &ScalingBench) -> Result<()> {
+    if args.step == 0 || args.rate <= 0.0 || args.connections == 0 {
+        bail!("--step, --rate and --connections must be positive");
+    }
+    let bin = build(args.release)?;
+    let example = std::fs::read_to_string(workspace_root().join(EXAMPLE))
+        .with_context(|| format!("cannot read {EXAMPLE}"))?;
+    let cluster = Cluster::start(&bin)?;
+    let scratch = bin.join("scaling-bench");
+    std::fs::create_dir_all(&scratch)?;
+    let mut rows = Vec::new();
+    for case in &CASES {
+        let manifest = variant(&example, case.name, case.limit, case.policy)?;
+        step(&format!("{}: applying WorkModel {}", case.label, case.name));
+        cluster.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
+        let pod = cluster.wait_pod(case.name, Duration::from_secs(180))?;
+        eprintln!("  pod {} (pid {}), {} s idle", pod.name, pod.pid, args.idle);
+        std::thread::sleep(Duration::from_secs(args.idle));
+        let load_before = uptime();
+        eprintln!("  load step: {} req/s for {} s", args.rate, args.step);
+        let outcome = watch_step(
+            &bin,
+            &pod,
+            args.step,
+            args.rate,
+            args.connections,
+            &scratch.join(format!("{}.json", case.name)),
+        )?;
+        let p99 = outcome.report["latency_ms"]["p99"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
+        let rps = outcome.report["success_rps"].as_f64().unwrap_or(f64::NAN);
+        let row = Row {
+            label: case.label,
+            p99,
+            rps,
+            cpu_seconds: cpu_seconds(&outcome.trace, outcome.step_seconds),
+            reaction: reaction(&outcome.trace),
+            load: format!("{load_before} → {}", uptime()),
+        };
+        eprintln!(
+            "  p99 {:.1} ms, {:.1} ok req/s, {:.1} CPU-s allocated, reaction {}",
+            row.p99,
+            row.rps,
+            row.cpu_seconds,
+            row.reaction.map_or("none".into(), |r| format!("{r:.1} s"))
+        );
+        rows.push(row);
+        cluster.kubectl(&["delete", "-f", "-", "--wait=false"], Some(&manifest))?;
+        // Let the deleted cell's process go before the next case loads the CPU.
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    print!("{}", render(&rows, args));
+    Ok(())
+}
+
+struct Row {
+    label: &'static str,
+    p99: f64,
+    rps: f64,
+    cpu_seconds: f64,
+    reaction: Option<f64>,
+    load: String,
+}
+
+fn render(rows: &[Row], args: &ScalingBench) -> String {
+    let mut out = format!(
+        "\nLoad step: {} req/s open loop for {} s ({} connections); load average during each \
+         case in the last column.\n\n| case | p99 (ms) | ok req/s | CPU-s allocated | p99 / (b) | \
+         CPU-s / (b) | reaction | load avg |\n|---|---:|---:|---:|---:|---:|---:|---|\n",
+        args.rate, args.step, args.connections
+    );
+    let large = rows.get(1);
+    for row in rows {
+        let ratio = |value: f64, base: Option<f64>| {
+            base.filter(|b| *b > 0.0)
+                .map_or("–".into(), |b| format!("{:.2}", value / b))
+        };
+        out.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} |\n",
+            row.label,
+            row.p99,
+            row.rps,
+            row.cpu_seconds,
+            ratio(row.p99, large.map(|l| l.p99)),
+            ratio(row.cpu_seconds, large.map(|l| l.cpu_seconds)),
+            row.reaction.map_or("–".into(), |r| format!("{r:.1} s")),
+            row.load
+        ));
+    }
+    if let (Some(large), Some(scaled)) = (rows.get(1), rows.get(2)) {
+        let p99_ok = scaled.p99 <= 1.5 * large.p99;
+        let cpu_ok = scaled.cpu_seconds <= 0.6 * large.cpu_seconds;
+        let reaction_ok = scaled.reaction.is_some_and(|r| r <= 20.0);
+        out.push_str(&format!(
+            "\nGoals: p99 ≤ 1.5× (b): {}; CPU-seconds ≤ 60 % of (b): {}; reaction ≤ 20 s: {}\n",
+            verdict(p99_ok),
+            verdict(cpu_ok),
+            verdict(reaction_ok)
+        ));
+    }
+    out
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_integrate_the_quota_as_steps() {
+        let trace = [(0.0, 0.2), (10.0, 0.2), (10.5, 1.0), (20.0, 1.0)];
+        // 10.5 s at 0.2 + 19.5 s at 1.0 up to 30 s.
+        assert!((cpu_seconds(&trace, 30.0) - (10.5 * 0.2 + 19.5)).abs() < 1e-9);
+        assert_eq!(cpu_seconds(&[], 30.0), 0.0);
+    }
+
+    #[test]
+    fn reaction_is_the_first_change() {
+        assert_eq!(
+            reaction(&[(0.0, 0.2), (3.0, 0.2), (17.5, 0.5), (30.0, 1.2)]),
+            Some(17.5)
+        );
+        assert_eq!(reaction(&[(0.0, 0.2), (3.0, 0.2)]), None);
+    }
+
+    #[test]
+    fn variants_rename_the_workmodel_and_set_the_limit() {
+        let example = std::fs::read_to_string(workspace_root().join(EXAMPLE)).unwrap();
+        let large = variant(&example, "large", "1500m", false).unwrap();
+        assert!(large.contains("name: large\n"));
+        assert!(large.contains("\n    large:\n"));
+        assert!(large.contains("limits: {cpu: 1500m,"));
+        assert!(!large.contains("kind: ScalingPolicy"));
+        let scaled = variant(&example, "scaled", "200m", true).unwrap();
+        assert!(scaled.contains("targetRef: {kind: WorkModel, name: scaled, services: [scaled]}"));
+        assert!(!scaled.contains("name: pi"), "{scaled}");
+    }
+}
