@@ -366,7 +366,10 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         let parent = default_cgroup_parent(a.path());
-        assert!(parent.starts_with("cellmesh-") && parent.len() == 25, "{parent}");
+        assert!(
+            parent.starts_with("cellmesh-") && parent.len() == 25,
+            "{parent}"
+        );
         assert_eq!(parent, default_cgroup_parent(a.path()), "stable");
         assert_ne!(parent, default_cgroup_parent(b.path()));
         // A relative spelling of the same directory is the same cluster.

@@ -51,14 +51,7 @@ fn invalid_workmodels_are_refused_with_reasons_and_nothing_is_applied() {
     // The API server refuses an unknown callee with the CEL rule's message.
     let unknown = mesh("typo", &service("a", &["ghost"], ""));
     let out = cluster.kubectl_output(
-        &[
-            "apply",
-            "--server-side",
-            "-n",
-            NS,
-            "-f",
-            "-",
-        ],
+        &["apply", "--server-side", "-n", NS, "-f", "-"],
         Some(&unknown),
     );
     assert!(!out.status.success());
@@ -168,10 +161,7 @@ fn invalid_workmodels_are_refused_with_reasons_and_nothing_is_applied() {
         ]
         .concat(),
     );
-    cluster.kubectl_stdin(
-        &["replace", "-n", NS, "-f", "-"],
-        Some(&fixed),
-    );
+    cluster.kubectl_stdin(&["replace", "-n", NS, "-f", "-"], Some(&fixed));
     eventually("the fixed mesh", WAIT, || {
         (cluster.names(NS, "deployments", "cellmesh.io/workmodel=loop") == ["a", "b", "c"])
             .then_some(())

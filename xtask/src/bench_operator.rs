@@ -291,11 +291,7 @@ fn time_apply(kubeconfig: &Path, name: &str, size: usize) -> Result<Duration> {
     // From issuing the create (kubectl's own start-up, ~0.1 s, included: it is part of the
     // user's wait) to the status.
     let started = Instant::now();
-    kubectl(
-        kubeconfig,
-        &["create", "-f", "-"],
-        Some(&yaml),
-    )?;
+    kubectl(kubeconfig, &["create", "-f", "-"], Some(&yaml))?;
     let deadline = started + Duration::from_secs(300);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

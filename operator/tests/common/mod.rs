@@ -235,14 +235,7 @@ impl Cluster {
     /// `kubectl apply -f -` of a YAML document.
     pub fn apply(&self, namespace: &str, yaml: &str) {
         self.kubectl_stdin(
-            &[
-                "apply",
-                "--server-side",
-                "-n",
-                namespace,
-                "-f",
-                "-",
-            ],
+            &["apply", "--server-side", "-n", namespace, "-f", "-"],
             Some(yaml),
         );
     }
