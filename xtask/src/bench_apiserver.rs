@@ -99,7 +99,10 @@ pub fn run(args: &ApiserverBench) -> Result<()> {
             .arg("--state-dir")
             .arg(&state)
             .arg("--log")
-            .arg("warn"),
+            .arg("warn")
+            // The API server alone: the controllers would add a kube-root-ca.crt ConfigMap to
+            // the bench's namespaces and compete for the CPU being measured.
+            .args(["--controllers", "none"]),
     )?;
     let kubeconfig = state.join("kubeconfig");
     wait_listening(addr, &kubeconfig, Duration::from_secs(30))?;
