@@ -3,7 +3,7 @@
 //! 1. Throughput (closed loop, `--connections`): worker processes ×1 vs ×2 (expect near
 //!    2× on two idle cores), and ×2 against µBench's layout run by the cell's default
 //!    profile (workers 2 × threads 16: inline, heavy π on the blocking pool).
-//! 2. Overload: two worker processes of concurrency 1; the unloaded p99 (one connection,
+//! 2. Overload: `--overload-processes` (default two) worker processes of concurrency 1; the unloaded p99 (one connection,
 //!    closed loop), the capacity (closed loop), then an open loop at 2× the capacity with
 //!    admission (`queueLimit` small) and with an unbounded queue. The p99 of *accepted*
 //!    requests (cellmesh-load's latency counts successes only, from the due time: corrected
@@ -53,6 +53,11 @@ pub struct EngineBench {
     /// Connections of the closed-loop throughput runs.
     #[arg(long, default_value_t = 16)]
     pub connections: u32,
+    /// Worker processes (concurrency 1 each) in the overload runs. With 2 on a 2-core
+    /// machine the workers, the acceptor and the load driver contend for the cores and
+    /// service time itself grows; 1 leaves a core for the acceptor and the driver.
+    #[arg(long, default_value_t = 2)]
+    pub overload_processes: u32,
     /// A note on the conditions for the record, e.g. "machine shared with 3 builds".
     #[arg(long)]
     pub note: Option<String>,
@@ -247,8 +252,15 @@ pub struct Results {
 }
 
 pub fn run(args: &EngineBench) -> Result<()> {
-    if args.duration == 0 || args.connections == 0 || args.digits == 0 || args.light_digits == 0 {
-        bail!("--duration, --connections, --digits and --light-digits must be at least 1");
+    if args.duration == 0
+        || args.connections == 0
+        || args.digits == 0
+        || args.light_digits == 0
+        || args.overload_processes == 0
+    {
+        bail!(
+            "--duration, --connections, --digits, --light-digits and --overload-processes must be at least 1"
+        );
     }
     bench_procs::install_interrupt_handler()?;
     let binaries = bench_procs::build_release(false)?;
@@ -314,7 +326,8 @@ pub fn run(args: &EngineBench) -> Result<()> {
         c,
     )?;
 
-    let admission = process_profile(2, 1, 2);
+    let pool = args.overload_processes;
+    let admission = process_profile(pool, 1, 2);
     results.unloaded = closed("unloaded", &admission, 1)?;
     results.capacity = closed("capacity", &admission, 4)?;
     results.overload_rate = 2.0 * results.capacity.success_rps;
@@ -337,8 +350,8 @@ pub fn run(args: &EngineBench) -> Result<()> {
         Ok(run)
     };
     results.with_admission = open("overload-admission", &admission)?;
-    results.with_auto_admission = open("overload-admission-auto", &process_profile(2, 1, 0))?;
-    results.unbounded = open("overload-unbounded", &process_profile(2, 1, 1_000_000))?;
+    results.with_auto_admission = open("overload-admission-auto", &process_profile(pool, 1, 0))?;
+    results.unbounded = open("overload-unbounded", &process_profile(pool, 1, 1_000_000))?;
 
     let table = render(&results, args);
     let facts = conditions(args, &load_before, &load_average());
@@ -467,7 +480,10 @@ pub fn render(r: &Results, args: &EngineBench) -> String {
         ),
     );
     row(
-        "unloaded (2 processes, concurrency 1)",
+        &format!(
+            "unloaded ({} process(es), concurrency 1)",
+            args.overload_processes
+        ),
         "closed, 1 conn".into(),
         &r.unloaded,
         "p99 baseline".into(),
@@ -629,6 +645,7 @@ mod tests {
             digits: 1,
             light_digits: 1,
             connections: 16,
+            overload_processes: 2,
             note: None,
             record: false,
         };
