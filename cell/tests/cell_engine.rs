@@ -63,11 +63,23 @@ enum Run {
 }
 
 /// Starts a cell running `run` with `profile` (YAML, mounted as `profile.yaml` behind a
-/// ConfigMap-style `..data` symlink) and waits for its ready line.
+/// ConfigMap-style `..data` symlink) on a random loopback address and waits for its ready line.
 fn start(run: Run, profile: &str, extra: &[&str]) -> Cell {
+    start_on(run, profile, extra, &random_loopback(), 0, 0).unwrap()
+}
+
+/// As [`start`], on `ip` with the given REST and gRPC ports (0: any); the cell's exit
+/// status and stderr when it stops before its ready line.
+fn start_on(
+    run: Run,
+    profile: &str,
+    extra: &[&str],
+    ip: &str,
+    rest_port: u16,
+    grpc_port: u16,
+) -> Result<Cell, String> {
     let dir = tempfile::tempdir().unwrap();
     write_profile(dir.path(), profile);
-    let ip = random_loopback();
     let mut command = Command::new(env!("CARGO_BIN_EXE_cellmesh-cell"));
     match run {
         Run::Service(workmodel) => {
@@ -89,8 +101,8 @@ fn start(run: Run, profile: &str, extra: &[&str]) -> Cell {
             dir.path().join("profile.yaml").to_str().unwrap(),
         ])
         .args(["--profile-poll", "50ms"])
-        .args(["--listen", &format!("{ip}:0")])
-        .args(["--grpc-listen", &format!("{ip}:0")])
+        .args(["--listen", &format!("{ip}:{rest_port}")])
+        .args(["--grpc-listen", &format!("{ip}:{grpc_port}")])
         .args(["--admin-listen", &format!("{ip}:0")])
         .args(["--runtime-threads", "2"])
         .args(extra)
@@ -101,8 +113,20 @@ fn start(run: Run, profile: &str, extra: &[&str]) -> Cell {
         .env_remove("CELLMESH_APP")
         .env_remove("CELLMESH_WORKMODEL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::piped());
     let mut child = command.spawn().expect("start cellmesh-cell");
+    // stderr is passed through to the test's output, and its last lines kept for the error.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr_tail = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let tail = stderr_tail.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            let mut tail = tail.lock().unwrap();
+            tail.push_str(&line);
+            tail.push('\n');
+        }
+    });
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -116,7 +140,13 @@ fn start(run: Run, profile: &str, extra: &[&str]) -> Cell {
         Ok(line) => line,
         Err(e) => {
             let _ = child.kill();
-            panic!("the cell did not print its ready line: {e}");
+            let status = child.wait().unwrap();
+            // Let the stderr thread reach the end of the pipe.
+            std::thread::sleep(Duration::from_millis(100));
+            let stderr = stderr_tail.lock().unwrap().clone();
+            return Err(format!(
+                "the cell did not print its ready line ({e}), {status}: {stderr}"
+            ));
         }
     };
     let field = |key: &str| -> SocketAddr {
@@ -125,13 +155,13 @@ fn start(run: Run, profile: &str, extra: &[&str]) -> Cell {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
     };
-    Cell {
+    Ok(Cell {
         rest: field("rest"),
         grpc: field("grpc"),
         admin: field("admin"),
         child,
         _dir: dir,
-    }
+    })
 }
 
 /// Writes `profile` as a new `..vN` directory and swaps the `..data` symlink to it
@@ -610,4 +640,62 @@ fn every_example_profile_is_a_resource_the_cell_accepts() {
         seen += 1;
     }
     assert!(seen >= 3);
+}
+
+/// `--reuse-port`: two cells bind the same REST and gRPC ports and the kernel spreads new
+/// connections over both; without the flag the second cell cannot bind and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_port_lets_two_cells_share_a_port_and_both_serve() {
+    let profile = "isolate: inline\nconcurrency: 4\n";
+    let first = start_on(
+        Run::Service(sleepy_workmodel(0.0)),
+        profile,
+        &["--reuse-port"],
+        &random_loopback(),
+        0,
+        0,
+    )
+    .unwrap();
+    let ip = first.rest.ip().to_string();
+    let (rest, grpc) = (first.rest.port(), first.grpc.port());
+    let refused = start_on(
+        Run::Service(sleepy_workmodel(0.0)),
+        profile,
+        &[],
+        &ip,
+        rest,
+        grpc,
+    )
+    .err()
+    .expect("a cell without --reuse-port must not bind a port in use");
+    assert!(refused.contains("in use"), "{refused}");
+    let second = start_on(
+        Run::Service(sleepy_workmodel(0.0)),
+        profile,
+        &["--reuse-port"],
+        &ip,
+        rest,
+        grpc,
+    )
+    .unwrap();
+    assert_eq!((second.rest, second.grpc), (first.rest, first.grpc));
+
+    // Each request on a fresh connection (a new client has no pooled one): the kernel picks
+    // a listener per connection by hashing its addresses, so 64 connections all landing on
+    // one cell has probability 2^-63.
+    const REQUESTS: u64 = 64;
+    for _ in 0..REQUESTS {
+        let answer = send(
+            &client(),
+            "GET",
+            &format!("http://{}/api/v1", first.rest),
+            &[],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let served = |info: Value| info["engine"]["accepted"].as_u64().unwrap();
+    let (a, b) = (served(info(&first).await), served(info(&second).await));
+    assert_eq!(a + b, REQUESTS, "every request is served once");
+    assert!(a > 0 && b > 0, "both cells serve: {a} and {b}");
 }
