@@ -240,8 +240,19 @@ fn every_dashboard_query_returns_data_from_a_running_mesh() {
             "examples/profiles/fast.yaml".into(),
             "examples/workmodels/chain.yaml".into(),
             "examples/scaling/chain-cpu-memory.yaml".into(),
+            // No gateway: `up` must reach it through its entry service instead.
+            "examples/workmodels/mubench-serial-2services.yaml".into(),
         ],
     });
+    for workmodel in ["chain", "serial-2services"] {
+        assert!(
+            cluster
+                .output
+                .contains(&format!("✓ WorkModel {workmodel} Ready; GET http://")),
+            "`up` did not answer a request through {workmodel}:\n{}",
+            cluster.output
+        );
+    }
     // The configuration `up` generated is one the project ships: promtool must accept it.
     promtool_check(&cluster.state_dir().join("prometheus/prometheus.yml"));
 

@@ -1,15 +1,17 @@
 //! `up`'s last step: wait until the example WorkModels are Ready (the operator reconciled
-//! them and their pods run) and send one request through each one's gateway Service, so the
+//! them and their pods run) and send one request through each one's gateway Service (or its
+//! entry service's when it has no gateway), so the
 //! user sees the whole path work — operator, node agent, ClusterIP proxy and the cells.
 
+use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Service;
-use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::{Client, ResourceExt as _};
 
 /// Waits until WorkModel `namespace/name` reports `Ready=True`, up to `timeout`.
 pub async fn workmodel_ready(
@@ -48,8 +50,10 @@ pub async fn workmodel_ready(
     anyhow::bail!("WorkModel {namespace}/{name} not Ready within {timeout:?}: {last}")
 }
 
-/// Sends `GET /api/v1` to the gateway Service of WorkModel `name`; returns the status line
-/// and the size of the answer.
+/// Sends `GET /api/v1` to WorkModel `name`: through its gateway Service
+/// (`spec.gateway.enabled`), else through the Service of its first entry service (one no
+/// other service calls: its pods carry `cellmesh.io/entry=true`). Returns the status line and
+/// the size of the answer.
 pub async fn through_gateway(
     client: &Client,
     namespace: &str,
@@ -57,15 +61,21 @@ pub async fn through_gateway(
 ) -> anyhow::Result<String> {
     let services: Api<Service> = Api::namespaced(client.clone(), namespace);
     let gateway = format!("{name}-gateway");
-    let service = services
-        .get(&gateway)
-        .await
-        .with_context(|| format!("no gateway Service {namespace}/{gateway}"))?;
+    let service = match services.get_opt(&gateway).await? {
+        Some(service) => service,
+        None => {
+            let entry = entry_service(client, namespace, name).await?;
+            services.get(&entry).await.with_context(|| {
+                format!("no Service {namespace}/{entry} for entry service {entry}")
+            })?
+        }
+    };
+    let service_name = service.metadata.name.clone().unwrap_or_default();
     let spec = service.spec.unwrap_or_default();
     let ip = spec
         .cluster_ip
         .filter(|ip| ip != "None")
-        .with_context(|| format!("{gateway} has no ClusterIP"))?;
+        .with_context(|| format!("{service_name} has no ClusterIP"))?;
     let port = spec
         .ports
         .unwrap_or_default()
@@ -74,6 +84,23 @@ pub async fn through_gateway(
         .map_or(80, |p| p.port);
     let addr: SocketAddr = format!("{ip}:{port}").parse()?;
     tokio::task::spawn_blocking(move || http_get(addr, "/api/v1")).await?
+}
+
+/// The first (by name) entry service of WorkModel `name`, read from its pods' labels as the
+/// operator sets them.
+async fn entry_service(client: &Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("cellmesh.io/workmodel={name},cellmesh.io/entry=true");
+    let entries: BTreeSet<String> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(|pod| pod.labels().get("cellmesh.io/service").cloned())
+        .collect();
+    entries.into_iter().next().with_context(|| {
+        format!("WorkModel {namespace}/{name} has no gateway Service and no pod labelled as an entry service")
+    })
 }
 
 /// A minimal HTTP/1.1 GET with a deadline: the answer's status line and body size.
