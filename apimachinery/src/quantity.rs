@@ -117,6 +117,16 @@ impl Quantity {
         div_ceil(self.nanos, 1_000_000)
     }
 
+    /// The value in whole units, rounded up (`64Mi` memory → 67108864, `1500m` CPU → 2).
+    pub fn units(self) -> i128 {
+        div_ceil(self.nanos, 1_000_000_000)
+    }
+
+    /// Below zero: Kubernetes accepts negative quantities in general, never as resources.
+    pub fn is_negative(self) -> bool {
+        self.nanos < 0
+    }
+
     pub fn is_zero(self) -> bool {
         self.nanos == 0
     }
@@ -163,6 +173,16 @@ mod tests {
     #[test]
     fn more_precision_than_nano_rounds_up() {
         assert_eq!(q("0.1n"), q("1n"));
+    }
+
+    #[test]
+    fn whole_units_and_millis_round_up() {
+        assert_eq!(q("64Mi").units(), 64 << 20);
+        assert_eq!(q("1500m").units(), 2);
+        assert_eq!(q("1e3").units(), 1000);
+        assert_eq!(q("0.5").millis(), 500);
+        assert_eq!(q("1n").millis(), 1);
+        assert!(q("-1").is_negative() && !q("0").is_negative());
     }
 
     #[test]

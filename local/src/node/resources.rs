@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use cellmesh_apimachinery::quantity::Quantity as QuantityValue;
 use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -14,51 +15,25 @@ pub const MIN_QUOTA_US: u64 = 1_000;
 /// cpu.shares of a container without a CPU request (the kubelet's `MinShares`).
 pub const MIN_SHARES: u64 = 2;
 
-/// Parses a CPU quantity (`250m`, `1`, `0.5`) into millicores.
+/// Parses a CPU quantity (`250m`, `1`, `0.5`) into millicores, rounded up as the kubelet does.
 pub fn parse_cpu_millis(text: &str) -> Result<u64, String> {
-    let value = parse_decimal(text)?;
-    Ok((value * 1000.0).ceil() as u64)
+    non_negative(text, QuantityValue::millis)
 }
 
-/// Parses a memory quantity (`64Mi`, `1G`, `1e3`, `1000`) into bytes.
+/// Parses a memory quantity (`64Mi`, `1G`, `1e3`, `1000`) into bytes, rounded up.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    Ok(parse_decimal(text)?.ceil() as u64)
+    non_negative(text, QuantityValue::units)
 }
 
-/// A Kubernetes quantity as a float, suffixes applied.
-fn parse_decimal(text: &str) -> Result<f64, String> {
-    let text = text.trim();
+/// A resource quantity (the API server's exact parser) read through `scale`; resources are
+/// never negative.
+fn non_negative(text: &str, scale: fn(QuantityValue) -> i128) -> Result<u64, String> {
     let bad = || format!("{text:?} is not a valid quantity (examples: 250m, 1, 64Mi, 1G)");
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0_f64.powi(2),
-        "Gi" => 1024.0_f64.powi(3),
-        "Ti" => 1024.0_f64.powi(4),
-        "Pi" => 1024.0_f64.powi(5),
-        "Ei" => 1024.0_f64.powi(6),
-        s if s.starts_with(['e', 'E']) => {
-            let exp: i32 = s[1..].parse().map_err(|_| bad())?;
-            10f64.powi(exp)
-        }
-        _ => return Err(bad()),
-    };
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    if value < 0.0 || !value.is_finite() {
+    let quantity = QuantityValue::parse(text.trim()).map_err(|_| bad())?;
+    if quantity.is_negative() {
         return Err(bad());
     }
-    Ok(value * multiplier)
+    u64::try_from(scale(quantity)).map_err(|_| bad())
 }
 
 /// CPU and memory of one side (requests or limits) of a container, parsed.
