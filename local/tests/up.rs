@@ -8,173 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cellmesh_testkit::{LocalCluster, free_port, http_get};
+
 const BIN: &str = env!("CARGO_BIN_EXE_cellmesh-local");
-
-/// A random 127.x.y.0 network (x in 192..=254: away from the other tests' ranges).
-fn random_net() -> [u8; 3] {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        ^ (std::process::id() << 10);
-    let [a, b, ..] = seed.wrapping_mul(2_654_435_761).to_le_bytes();
-    [127, 192 + (a % 63), b]
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A cluster started with `up` in its own state directory; `down` when dropped.
-struct Cluster {
-    state: tempfile::TempDir,
-    home: tempfile::TempDir,
-    net: [u8; 3],
-    prometheus: SocketAddr,
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let net = random_net();
-        let ip = Ipv4Addr::new(net[0], net[1], net[2], 1);
-        Self {
-            state: tempfile::tempdir().unwrap(),
-            home: tempfile::tempdir().unwrap(),
-            net,
-            prometheus: SocketAddr::from((ip, free_port(ip))),
-        }
-    }
-
-    fn ip(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], last)
-    }
-
-    fn state_dir(&self) -> &Path {
-        self.state.path()
-    }
-
-    /// Extra `apiserver` flags that keep components of other branches off shared
-    /// addresses (only those this build knows).
-    fn server_args(&self) -> Vec<String> {
-        let help = Command::new(BIN)
-            .args(["apiserver", "--help"])
-            .output()
-            .unwrap();
-        let help = String::from_utf8_lossy(&help.stdout).into_owned();
-        let mut args = Vec::new();
-        if help.contains("--node-metrics-addr") {
-            // On the node's address (the API server's), as Prometheus' node discovery expects.
-            args.push(format!(
-                "--node-metrics-addr={}:{}",
-                self.ip(1),
-                free_port(self.ip(1))
-            ));
-        }
-        if help.contains("--cgroup-parent") {
-            // Its own cgroup parent: a node agent sweeps (SIGKILLs) every container under its
-            // parent when it starts and stops, and other tests' clusters run in parallel.
-            args.push(format!(
-                "--cgroup-parent=cellmesh-test-{}-{}",
-                self.net[1], self.net[2]
-            ));
-        }
-        if help.contains("--pod-cidr") {
-            args.push(format!(
-                "--pod-cidr={}.{}.{}.128/25",
-                self.net[0], self.net[1], self.net[2]
-            ));
-        }
-        args
-    }
-
-    fn up(&self, extra: &[&str]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("up")
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg(format!("--listen={}:0", self.ip(1)))
-            .arg(format!("--dns-addr={}:53", self.ip(253)))
-            .arg(format!("--prometheus-sd-addr={}:10080", self.ip(253)))
-            .arg(format!(
-                "--service-cidr={}.{}.{}.0/26",
-                self.net[0], self.net[1], self.net[2]
-            ))
-            .arg(format!("--prometheus-listen={}", self.prometheus))
-            .arg("--timeout=60s")
-            .args(extra)
-            .arg("--")
-            .args(self.server_args())
-            .stdin(Stdio::null());
-        let out = cmd.output().unwrap();
-        eprintln!(
-            "up: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn run(&self, sub: &str) -> Output {
-        Command::new(BIN)
-            .arg(sub)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .output()
-            .unwrap()
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .arg("--request-timeout=30s")
-            .env("KUBECONFIG", self.state_dir().join("kubeconfig"))
-            .env("HOME", self.home.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).unwrap();
-        }
-        drop(pipe);
-        child.wait_with_output().unwrap()
-    }
-
-    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.kubectl(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn server_pid(&self) -> u32 {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.state_dir().join("up.json")).unwrap())
-                .unwrap();
-        u32::try_from(record["server"]["pid"].as_u64().unwrap()).unwrap()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.run("down");
-    }
-}
 
 fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -192,7 +33,7 @@ fn repo_file(path: &str) -> PathBuf {
 
 #[test]
 fn up_status_down_and_up_again_keeps_the_state() {
-    let cluster = Cluster::new();
+    let cluster = LocalCluster::new(BIN);
     let profile = repo_file("examples/profiles/fast.yaml");
     let chain = repo_file("examples/workmodels/chain.yaml");
     let out = cluster.up(&[
@@ -239,9 +80,9 @@ fn up_status_down_and_up_again_keeps_the_state() {
         text(&status)
     );
     assert!(text(&status).contains("network"), "{}", text(&status));
-    let wm = cluster.kubectl_ok(&["get", "workmodel", "chain", "-o", "name"], None);
+    let wm = cluster.kubectl(&["get", "workmodel", "chain", "-o", "name"], None);
     assert_eq!(wm.trim(), "workmodel.cellmesh.io/chain");
-    cluster.kubectl_ok(&["create", "configmap", "kept", "--from-literal=a=1"], None);
+    cluster.kubectl(&["create", "configmap", "kept", "--from-literal=a=1"], None);
 
     // A second `up` while running says so and changes nothing.
     let again = cluster.up(&["--no-prometheus", "--no-example"]);
@@ -265,12 +106,12 @@ fn up_status_down_and_up_again_keeps_the_state() {
     let out = cluster.up(&["--no-prometheus", "--no-example"]);
     assert!(out.status.success());
     assert_ne!(cluster.server_pid(), pid);
-    let kept = cluster.kubectl_ok(
+    let kept = cluster.kubectl(
         &["get", "configmap", "kept", "-o", "jsonpath={.data.a}"],
         None,
     );
     assert_eq!(kept, "1");
-    cluster.kubectl_ok(&["get", "workmodel", "chain"], None);
+    cluster.kubectl(&["get", "workmodel", "chain"], None);
 }
 
 /// Serves `/metrics` in the Prometheus text format on `addr`.
@@ -290,24 +131,13 @@ fn metrics_server(addr: SocketAddr) {
     });
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-}
-
 #[test]
 fn prometheus_discovers_and_scrapes_annotated_pods() {
     if !Path::new("/usr/bin/prometheus").is_file() {
         eprintln!("SKIPPED: /usr/bin/prometheus is missing (apt-get install prometheus)");
         return;
     }
-    let cluster = Cluster::new();
+    let cluster = LocalCluster::new(BIN);
     let out = cluster.up(&["--no-example"]);
     assert!(out.status.success());
     assert!(
@@ -326,7 +156,7 @@ fn prometheus_discovers_and_scrapes_annotated_pods() {
     let pod_ip = cluster.ip(60);
     let port = free_port(pod_ip);
     metrics_server(SocketAddr::from((pod_ip, port)));
-    cluster.kubectl_ok(
+    cluster.kubectl(
         &["apply", "-f", "-"],
         Some(&format!(
             r#"{{"apiVersion": "v1", "kind": "Pod",
@@ -336,7 +166,7 @@ fn prometheus_discovers_and_scrapes_annotated_pods() {
                     "ports": [{{"containerPort": {port}}}]}}]}}}}"#
         )),
     );
-    cluster.kubectl_ok(
+    cluster.kubectl(
         &[
             "patch",
             "pod",
@@ -400,17 +230,9 @@ fn prometheus_discovers_and_scrapes_annotated_pods() {
 
 #[test]
 fn up_in_the_foreground_stops_everything_on_sigterm() {
-    let cluster = Cluster::new();
-    let mut up = Command::new(BIN)
-        .arg("up")
-        .arg("--state-dir")
-        .arg(cluster.state_dir())
-        .arg(format!("--listen={}:0", cluster.ip(1)))
-        .arg(format!("--dns-addr={}:53", cluster.ip(253)))
-        .arg(format!("--prometheus-sd-addr={}:10080", cluster.ip(253)))
-        .args(["--no-prometheus", "--no-example", "--foreground", "--"])
-        .args(cluster.server_args())
-        .stdin(Stdio::null())
+    let cluster = LocalCluster::new(BIN);
+    let mut up = cluster
+        .up_command(&["--no-prometheus", "--no-example", "--foreground"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

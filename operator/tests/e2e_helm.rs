@@ -62,7 +62,7 @@ fn helm(cluster: &UpCluster, action: &str, values: Option<Value>) -> Value {
         .arg(NAMESPACE)
         .arg(action)
         .arg(RELEASE)
-        .env("HOME", cluster.home.path())
+        .env("HOME", cluster.home())
         .env_remove("KUBERNETES_SERVICE_HOST");
     if let Some(values) = values {
         command

@@ -21,7 +21,8 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::up::{UpCluster, UpOptions, http_get};
+use cellmesh_testkit::http_get;
+use common::up::{UpCluster, UpOptions};
 use common::{condition, eventually, example};
 use serde_json::{Value, json};
 

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cellmesh_testkit::http_get;
 use common::eventually;
-use common::up::{UpCluster, UpOptions, http_get};
+use common::up::{UpCluster, UpOptions};
 use serde_json::Value;
 
 const NS: &str = "default";
