@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use cellmesh_testkit::{LocalCluster, http_get};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cellmesh-local");
-
 const APP: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -92,7 +90,7 @@ fn a_pod_reaches_a_deployment_by_service_name_and_again_after_down_and_up() {
         eprintln!("SKIPPED: {reason}");
         return;
     }
-    let cluster = LocalCluster::new(BIN);
+    let cluster = LocalCluster::new();
     up(&cluster);
     cluster.kubectl(&["apply", "-f", "-"], Some(APP));
     let ip = cluster.kubectl(

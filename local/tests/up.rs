@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use cellmesh_testkit::{LocalCluster, free_port, http_get};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cellmesh-local");
-
 fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(')')
@@ -33,7 +31,7 @@ fn repo_file(path: &str) -> PathBuf {
 
 #[test]
 fn up_status_down_and_up_again_keeps_the_state() {
-    let cluster = LocalCluster::new(BIN);
+    let cluster = LocalCluster::new();
     let profile = repo_file("examples/profiles/fast.yaml");
     let chain = repo_file("examples/workmodels/chain.yaml");
     let out = cluster.up(&[
@@ -137,7 +135,7 @@ fn prometheus_discovers_and_scrapes_annotated_pods() {
         eprintln!("SKIPPED: /usr/bin/prometheus is missing (apt-get install prometheus)");
         return;
     }
-    let cluster = LocalCluster::new(BIN);
+    let cluster = LocalCluster::new();
     let out = cluster.up(&["--no-example"]);
     assert!(out.status.success());
     assert!(
@@ -230,7 +228,7 @@ fn prometheus_discovers_and_scrapes_annotated_pods() {
 
 #[test]
 fn up_in_the_foreground_stops_everything_on_sigterm() {
-    let cluster = LocalCluster::new(BIN);
+    let cluster = LocalCluster::new();
     let mut up = cluster
         .up_command(&["--no-prometheus", "--no-example", "--foreground"])
         .stdout(Stdio::piped())

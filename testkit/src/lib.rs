@@ -1,181 +1,102 @@
-//! Test support for the workspace's whole-cluster tests.
+//! Test support for the workspace's tests that run `cellmesh-local` as a user does.
 //!
-//! [`LocalCluster`] runs `cellmesh-local up` as a user does, isolated so that many run in
-//! parallel on one machine: a random 127.x.y.0/24 network of its own (API server, DNS,
-//! service and pod ranges, node metrics, Prometheus), its own state directory, kubectl
-//! cache and cgroup parent. `down` runs when it is dropped.
+//! - [`ApiServer`]: `cellmesh-local apiserver` alone (no controllers unless asked) on a random
+//!   127.x.y.z address with its own state directory — for API semantics and the operator's
+//!   writes.
+//! - [`LocalCluster`]: `cellmesh-local up` (API server, controllers, node agent, network,
+//!   optionally Prometheus and the operator), isolated so that many run in parallel on one
+//!   machine: a random 127.x.y.0/24 network of its own, its own state directory, kubectl
+//!   cache and cgroup parent. `down` runs when it is dropped.
+//!
+//! Both drive the real `kubectl` with their admin kubeconfig. `cellmesh-local` is found next
+//! to the running test executable's directory (`target/<profile>/`), where cargo puts it
+//! when the test's package or `--workspace` is built.
 //!
 //! Test support panics on failure by design: a panic is a failed test with its message.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::ffi::OsStr;
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rand::RngExt as _;
-use serde_json::Value;
+mod apiserver;
+mod up;
 
-/// A `cellmesh-local up` cluster on its own loopback network; stopped with `down` on drop.
-pub struct LocalCluster {
-    bin: PathBuf,
-    state: tempfile::TempDir,
-    home: tempfile::TempDir,
-    net: [u8; 3],
-    /// Where Prometheus serves its API (when `up` starts it).
-    pub prometheus: SocketAddr,
+pub use apiserver::ApiServer;
+pub use up::LocalCluster;
+
+/// A binary of the workspace (`cellmesh-local`, `cellmesh-cell` …) in the target directory
+/// of the running test; panics saying how to build it when it is missing.
+pub fn target_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p {name}` (cargo nextest run --workspace does)",
+        path.display()
+    );
+    path
 }
 
-impl LocalCluster {
-    /// A cluster (not yet started) of the `cellmesh-local` binary at `bin`, on a random
-    /// 127.x.y.0/24 with x in 160..=254, a range no other test harness picks addresses in.
-    pub fn new(bin: impl Into<PathBuf>) -> Self {
-        let mut rng = rand::rng();
-        let net = [127, rng.random_range(160..=254), rng.random_range(0..=255)];
-        let ip = Ipv4Addr::new(net[0], net[1], net[2], 1);
-        Self {
-            bin: bin.into(),
-            state: tempfile::tempdir().unwrap(),
-            home: tempfile::tempdir().unwrap(),
-            net,
-            prometheus: SocketAddr::from((ip, free_port(ip))),
-        }
-    }
-
-    /// `127.x.y.last` on the cluster's network (`.1` is the API server and the node).
-    pub fn ip(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], last)
-    }
-
-    pub fn state_dir(&self) -> &Path {
-        self.state.path()
-    }
-
-    /// HOME for kubectl and other clients (their caches stay per cluster).
-    pub fn home(&self) -> &Path {
-        self.home.path()
-    }
-
-    /// The admin kubeconfig `up` writes.
-    pub fn kubeconfig(&self) -> PathBuf {
-        self.state.path().join("kubeconfig")
-    }
-
-    /// `cellmesh-local up` on this cluster's state and network with `extra` up flags
-    /// (`--no-prometheus`, `--example=…`, `--foreground` …), ready to run or spawn.
-    pub fn up_command<S: AsRef<OsStr>>(&self, extra: &[S]) -> Command {
-        let [a, b, c] = self.net;
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("up")
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg(format!("--listen={}:0", self.ip(1)))
-            .arg(format!("--dns-addr={}:53", self.ip(253)))
-            .arg(format!("--prometheus-sd-addr={}:10080", self.ip(253)))
-            .arg(format!("--service-cidr={a}.{b}.{c}.0/26"))
-            .arg(format!("--prometheus-listen={}", self.prometheus))
-            // Under CI's parallel load a pod can take a while to start.
-            .arg("--timeout=120s")
-            .args(extra)
-            .arg("--")
-            .arg(format!("--pod-cidr={a}.{b}.{c}.128/25"))
-            // The node's cAdvisor on the node's address, as Prometheus' node discovery expects.
-            .arg(format!(
-                "--node-metrics-addr={}:{}",
-                self.ip(1),
-                free_port(self.ip(1))
-            ))
-            // A cgroup parent of its own: a node agent sweeps (SIGKILLs) every container
-            // under its parent when it starts and stops, and other clusters run in parallel.
-            .arg(format!("--cgroup-parent=cellmesh-test-{b}-{c}"))
-            .stdin(Stdio::null());
-        command
-    }
-
-    /// Runs `up` with `extra` flags to its end (it returns once every part is ready) and
-    /// echoes what it printed into the test's output.
-    pub fn up<S: AsRef<OsStr>>(&self, extra: &[S]) -> Output {
-        let out = self.up_command(extra).output().unwrap();
-        eprintln!(
-            "up: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    /// Runs a `cellmesh-local` subcommand (`status`, `down`) on this cluster's state.
-    pub fn run(&self, sub: &str) -> Output {
-        Command::new(&self.bin)
-            .arg(sub)
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .output()
-            .unwrap()
-    }
-
-    /// The API server's pid, from the state `up` recorded.
-    pub fn server_pid(&self) -> u32 {
-        let record: Value =
-            serde_json::from_slice(&std::fs::read(self.state.path().join("up.json")).unwrap())
-                .unwrap();
-        u32::try_from(record["server"]["pid"].as_u64().unwrap()).unwrap()
-    }
-
-    /// Runs kubectl as the admin; `stdin` is piped in when given.
-    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
-            .args(args)
-            .arg("--request-timeout=30s")
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.home.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+/// Runs kubectl with `kubeconfig` and a private `home` (its discovery cache), piping
+/// `stdin` in when given; the output whatever the exit status.
+fn kubectl(
+    kubeconfig: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .arg("--request-timeout=30s")
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    if let Some(input) = stdin {
         let mut pipe = child.stdin.take().unwrap();
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).unwrap();
-        }
-        drop(pipe);
-        child.wait_with_output().unwrap()
+        let input = input.to_owned();
+        // kubectl may stop reading early (e.g. refusing input): that is its answer.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(input.as_bytes());
+        });
     }
-
-    /// Runs kubectl and returns its stdout; panics with stderr when it fails.
-    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.kubectl_output(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `kubectl get -o json`, or `None` when the object does not exist.
-    pub fn get(&self, namespace: &str, resource: &str) -> Option<Value> {
-        let out = self.kubectl_output(&["-n", namespace, "get", resource, "-o", "json"], None);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
-    }
-
-    /// GET `path` from Prometheus' HTTP API; the JSON body, or `None` if it did not answer.
-    pub fn prometheus_get(&self, path_and_query: &str) -> Option<Value> {
-        let body = http_get(self.prometheus, path_and_query)?;
-        serde_json::from_str(&body).ok()
-    }
+    child.wait_with_output().unwrap()
 }
 
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = self.run("down");
+/// `out`'s stdout when kubectl succeeded; panics with its stderr otherwise.
+fn kubectl_stdout(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes (then panics naming `what`).
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -3,20 +3,23 @@
 //! to a ServiceAccount, and `cellmesh-operator run` processes using that ServiceAccount's
 //! token. Everything started here is killed on drop.
 //!
-//! `cellmesh-local` is found next to `cellmesh-operator` in the target directory:
-//! `cargo nextest run --workspace` builds it; with `-p cellmesh-operator` alone, run
-//! `cargo build -p cellmesh-local` first.
+//! The API server is `cellmesh-testkit`'s [`ApiServer`]; `cellmesh-local` is found in the
+//! target directory: `cargo nextest run --workspace` builds it; with `-p cellmesh-operator`
+//! alone, run `cargo build -p cellmesh-local` first.
 
 // Test-only helpers: a panic here is a test failure with its message.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
+use cellmesh_testkit::ApiServer;
+#[allow(unused_imports)] // Not every test binary polls.
+pub use cellmesh_testkit::eventually;
 use serde_json::Value;
 
 pub mod up;
@@ -24,104 +27,34 @@ pub mod up;
 /// Namespace of the operator's ServiceAccount and Lease.
 pub const SYSTEM_NS: &str = "cellmesh-system";
 
-fn target_dir_binary(name: &str) -> PathBuf {
-    let operator = PathBuf::from(env!("CARGO_BIN_EXE_cellmesh-operator"));
-    let path = operator.parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p cellmesh-local` (cargo nextest run \
-         --workspace does)",
-        path.display()
-    );
-    path
-}
-
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn random_loopback() -> std::net::IpAddr {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let mix = nanos ^ (std::process::id() << 8) ^ COUNTER.fetch_add(7919, Ordering::Relaxed);
-    let [a, b, c, _] = mix.wrapping_mul(2_654_435_761).to_le_bytes();
-    std::net::IpAddr::from([127, a.max(1), b, c.clamp(2, 254)])
-}
-
-/// A running API server with cellmesh's CRDs and the operator's RBAC; killed on drop.
+/// A running API server (no controllers) with cellmesh's CRDs and the operator's RBAC;
+/// killed on drop. The [`ApiServer`] methods (kubectl …) are available on it.
 pub struct Cluster {
-    child: Child,
-    pub addr: SocketAddr,
-    pub state: tempfile::TempDir,
-    pub home: tempfile::TempDir,
+    server: ApiServer,
     /// kubeconfig of the operator's ServiceAccount.
     pub operator_kubeconfig: PathBuf,
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Cluster {
+    type Target = ApiServer;
+
+    fn deref(&self) -> &ApiServer {
+        &self.server
     }
 }
 
 impl Cluster {
-    /// Starts the API server, installs the CRDs and the operator's RBAC.
+    /// Starts the API server, installs the CRDs and the operator's RBAC. The operator is
+    /// tested alone: no Deployment controller or node agent writes status behind the test.
     pub fn start() -> Self {
-        let state = tempfile::tempdir().unwrap();
-        let home = tempfile::tempdir().unwrap();
-        let binary = target_dir_binary("cellmesh-local");
-        let mut command = Command::new(&binary);
-        command
-            .arg("apiserver")
-            .arg("--listen")
-            .arg(SocketAddr::new(random_loopback(), 0).to_string())
-            .arg("--state-dir")
-            .arg(state.path())
-            .arg("--log")
-            .arg("warn");
-        // The operator is tested alone: no Deployment controller or node agent may write
-        // Deployment status behind the test's back (the flag exists once they land).
-        let help = Command::new(&binary)
-            .args(["apiserver", "--help"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&help.stdout).contains("--controllers") {
-            command.args(["--controllers", "none"]);
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cellmesh-local starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) =
-                    line.strip_prefix("cellmesh-local apiserver listening on https://")
-                {
-                    let _ = tx.send(url.parse::<SocketAddr>().unwrap());
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the API server did not report listening within 30s");
-            }
-        };
+        let server = ApiServer::start();
         let mut cluster = Self {
-            child,
-            addr,
-            operator_kubeconfig: state.path().join("operator-kubeconfig"),
-            state,
-            home,
+            operator_kubeconfig: server.state.path().join("operator-kubeconfig"),
+            server,
         };
         cluster.install();
         cluster
@@ -185,51 +118,6 @@ impl Cluster {
             serde_yaml::to_string(&config).unwrap(),
         )
         .unwrap();
-    }
-
-    pub fn kubeconfig(&self) -> PathBuf {
-        self.state.path().join("kubeconfig")
-    }
-
-    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new("kubectl");
-        cmd.args(args)
-            .arg("--request-timeout=30s")
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("HOME", self.home.path())
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl runs");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().unwrap();
-            let input = input.to_owned();
-            std::thread::spawn(move || {
-                let _ = pipe.write_all(input.as_bytes());
-            });
-        }
-        child.wait_with_output().unwrap()
-    }
-
-    /// Runs kubectl, asserting success; returns stdout.
-    pub fn kubectl(&self, args: &[&str]) -> String {
-        self.kubectl_stdin(args, None)
-    }
-
-    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.kubectl_output(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
     }
 
     /// `kubectl apply -f -` of a YAML document.
@@ -389,18 +277,6 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Polls `check` until it returns Some or the deadline passes.
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -7,14 +7,14 @@
 //! Use it for tests that need pods to run; tests of the operator's API writes alone use the
 //! lighter [`super::Cluster`] (API server only).
 //!
-//! `cellmesh-local` and `cellmesh-cell` are found next to `cellmesh-operator` in the target
-//! directory (`cargo nextest run --workspace` builds them all).
+//! `cellmesh-local` and `cellmesh-cell` are found in the target directory (`cargo nextest
+//! run --workspace` builds them all).
 
 use std::ops::Deref;
 
 use cellmesh_testkit::LocalCluster;
 
-use super::{example, target_dir_binary};
+use super::example;
 
 /// What to start besides the API server and its components.
 #[derive(Clone, Debug, Default)]
@@ -39,7 +39,7 @@ impl UpCluster {
     /// Runs `cellmesh-local up` and waits for it to finish (it returns once every part is
     /// ready). Panics with `up`'s output if it fails.
     pub fn start(options: &UpOptions) -> Self {
-        let cluster = LocalCluster::new(target_dir_binary("cellmesh-local"));
+        let cluster = LocalCluster::new();
         let mut flags = Vec::new();
         if !options.prometheus {
             flags.push("--no-prometheus".to_owned());
