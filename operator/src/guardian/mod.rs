@@ -21,6 +21,12 @@
 //!
 //! The Guardian assumes that what it decides is applied: with `mode: Off` the controller
 //! still calls [`Guardian::tick`] and reports the recommendations.
+//!
+//! The recommendation in each report is stable (see [`rescale::recommend`]): it moves only
+//! when the Guardian acts or decides to (an applied resize, an OOM kill, enough events for a
+//! target that differs from the last one by more than the noise), never with each window's
+//! usage. A status that followed the usage would change at every tick, be useless on
+//! `kubectl get sp` and cost a status write per tick.
 
 pub mod rescale;
 
@@ -222,6 +228,8 @@ struct Memory {
     memory: Events,
     last_resize: Option<Duration>,
     handled_oom: Option<String>,
+    /// The recommendations last reported, per resource.
+    recommended: BTreeMap<ResourceName, f64>,
 }
 
 impl Memory {
@@ -345,14 +353,28 @@ impl Guardian {
                 if new_oom && resource == Resource::Memory {
                     memory.handled_oom.clone_from(&observation.last_oom);
                 }
-                report.recommendation = Some(decided.as_ref().map_or(limit, |(t, _)| *t));
+                let recommendation = rescale::recommend(
+                    resource,
+                    &bounds,
+                    memory.recommended.get(&resource.into()).copied(),
+                    limit,
+                    observed.usage,
+                    decided
+                        .as_ref()
+                        .map(|(target, reason)| (*target, *reason == Reason::OomKilled)),
+                );
+                memory.recommended.insert(resource.into(), recommendation);
+                report.recommendation = Some(recommendation);
                 tick.reports
                     .entry(key.clone())
                     .or_default()
                     .insert(resource.into(), report);
-                let Some((target, reason)) = decided else {
+                let Some((_, reason)) = decided else {
                     continue;
                 };
+                // The action is the recommendation: a target within the noise of the last
+                // one keeps the last one, so `mode: Off` and cooldowns do not flicker either.
+                let target = recommendation;
                 let cooling = memory
                     .last_resize
                     .is_some_and(|at| now.saturating_sub(at) < policy.cooldown.get());
@@ -380,6 +402,15 @@ impl Guardian {
             let memory = self.containers.entry(w.key.clone()).or_default();
             memory.last_resize = Some(now);
             memory.events(w.resource).seen.clear();
+            // What is applied is what is recommended from now on.
+            memory.recommended.insert(w.resource.into(), w.target);
+            if let Some(report) = tick
+                .reports
+                .get_mut(&w.key)
+                .and_then(|reports| reports.get_mut(&w.resource.into()))
+            {
+                report.recommendation = Some(w.target);
+            }
             by_container
                 .entry(w.key)
                 .or_default()
