@@ -22,10 +22,11 @@
 //! The Guardian assumes that what it decides is applied: with `mode: Off` the controller
 //! still calls [`Guardian::tick`] and reports the recommendations.
 //!
-//! The recommendation in each report is stable (see [`rescale::recommend`]): it moves only
-//! when the Guardian acts or decides to (an applied resize, an OOM kill, enough events for a
-//! target that differs from the last one by more than the noise), never with each window's
-//! usage. A status that followed the usage would change at every tick, be useless on
+//! The recommendation in each report is stable (see [`rescale::recommend`]): it is what was
+//! last applied, and otherwise moves only when the Guardian decides (an OOM kill, enough
+//! events for a target that differs from the last one by more than the noise), never with
+//! each window's usage — with `mode: Off`, where nothing is applied and the Guardian keeps
+//! deciding, and while a cooldown holds an action back. A status that followed the usage would change at every tick, be useless on
 //! `kubectl get sp` and cost a status write per tick.
 
 pub mod rescale;
@@ -33,7 +34,7 @@ pub mod rescale;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use cellmesh_api::crd::scaling::{Resource, ScalingPolicySpec};
+use cellmesh_api::crd::scaling::{Resource, ScalingMode, ScalingPolicySpec};
 use cellmesh_api::quantity::{self, QuantityError};
 use cellmesh_api::service::Quantity;
 
@@ -369,12 +370,9 @@ impl Guardian {
                     .entry(key.clone())
                     .or_default()
                     .insert(resource.into(), report);
-                let Some((_, reason)) = decided else {
+                let Some((target, reason)) = decided else {
                     continue;
                 };
-                // The action is the recommendation: a target within the noise of the last
-                // one keeps the last one, so `mode: Off` and cooldowns do not flicker either.
-                let target = recommendation;
                 let cooling = memory
                     .last_resize
                     .is_some_and(|at| now.saturating_sub(at) < policy.cooldown.get());
@@ -402,14 +400,17 @@ impl Guardian {
             let memory = self.containers.entry(w.key.clone()).or_default();
             memory.last_resize = Some(now);
             memory.events(w.resource).seen.clear();
-            // What is applied is what is recommended from now on.
-            memory.recommended.insert(w.resource.into(), w.target);
-            if let Some(report) = tick
-                .reports
-                .get_mut(&w.key)
-                .and_then(|reports| reports.get_mut(&w.resource.into()))
-            {
-                report.recommendation = Some(w.target);
+            // What is applied is what is recommended from now on. With `mode: Off` nothing
+            // is applied: the stable recommendation stays.
+            if policy.mode != ScalingMode::Off {
+                memory.recommended.insert(w.resource.into(), w.target);
+                if let Some(report) = tick
+                    .reports
+                    .get_mut(&w.key)
+                    .and_then(|reports| reports.get_mut(&w.resource.into()))
+                {
+                    report.recommendation = Some(w.target);
+                }
             }
             by_container
                 .entry(w.key)

@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cellmesh_api::crd::scaling::{Budget, ResourcePolicy, ScaleAction, ScalingPolicySpec};
+use cellmesh_api::crd::scaling::{
+    Budget, ResourcePolicy, ScaleAction, ScalingMode, ScalingPolicySpec,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -326,7 +328,8 @@ fn noisy(base: f64, spread: f64, tick: u64) -> f64 {
 fn the_recommendation_does_not_follow_noisy_usage_when_nothing_is_applied() {
     // `mode: Off`: the limit never changes. Low, noisy usage at a 2-core limit: every 6
     // ticks the Guardian decides to fit to usage (≈ 300m, a little different each time).
-    let policy = cpu_policy();
+    let mut policy = cpu_policy();
+    policy.mode = ScalingMode::Off;
     let key = ContainerKey::new("p", "c");
     let mut guardian = Guardian::new();
     let mut seen = Vec::new();
@@ -356,7 +359,8 @@ fn the_recommendation_does_not_follow_noisy_usage_when_nothing_is_applied() {
 
 #[test]
 fn the_recommendation_moves_when_the_load_really_changes() {
-    let policy = cpu_policy();
+    let mut policy = cpu_policy();
+    policy.mode = ScalingMode::Off;
     let key = ContainerKey::new("p", "c");
     let mut guardian = Guardian::new();
     let mut last = None;
@@ -555,6 +559,8 @@ proptest! {
         noise in prop::collection::vec(-1.0f64..1.0, 120),
     ) {
         // `mode: Off`: decisions are never applied, so the Guardian keeps deciding.
+        let mut policy = policy;
+        policy.mode = ScalingMode::Off;
         let resource = policy.cpu.clone().unwrap();
         let demand = demand.min(limit);
         // Keep the load clearly on one side of each band edge: near an edge, noise alone
