@@ -381,6 +381,13 @@ pub struct MemoryStress {
     /// Block reads and writes after allocation. Default 1000.
     #[serde(alias = "memory_io")]
     pub memory_io: u32,
+    /// cellmesh extension, not in µBench: keep each request's blocks for the life of the
+    /// process instead of freeing them, so the service's memory grows by about `memorySize`
+    /// kB per request served — a cache that is never evicted, or a leak. The workload for
+    /// memory scaling: a steady request rate is a steady growth of the working set, and
+    /// the cgroup's limit ends it with an out-of-memory kill. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
 }
 
 impl Default for MemoryStress {
@@ -389,6 +396,7 @@ impl Default for MemoryStress {
             run: false,
             memory_size: 10_000,
             memory_io: 1000,
+            retain: false,
         }
     }
 }

@@ -298,6 +298,6 @@ fn server_side_defaults_match_the_rust_defaults() {
     .unwrap();
     assert_eq!(stored.spec, typed.spec);
     assert_eq!(object["spec"]["mode"], "InPlace");
-    assert_eq!(object["spec"]["window"], "10s");
+    assert_eq!(object["spec"]["window"], "15s");
     assert_eq!(object["spec"]["cpu"]["upEvents"], 2);
 }

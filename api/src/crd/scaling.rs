@@ -29,8 +29,19 @@ use crate::service::Quantity;
 
 /// Guardian tick when the policy names none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-/// Usage averaging window when the policy names none (Serverless Containers' window timelapse).
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// Usage averaging window when the policy names none: three 5 s scrape intervals.
+///
+/// Serverless Containers' 10 s is too short for Prometheus: `rate()` needs two samples in
+/// its window, and with a 5 s scrape a 10 s window holds two only when the scrapes fall
+/// just right (otherwise the query returns nothing and the Guardian holds). 15 s always
+/// holds at least two (usually three, 10 s apart) and still reacts within about 20 s of a
+/// load step with the other defaults: a saturated container's rate over three samples
+/// crosses `upper` (80 %) once 8 of their 10 s are under load, so the first up event comes
+/// 8–13 s after the step (scrape phase) plus up to one 5 s `interval` (tick phase); the
+/// second (`upEvents: 2`) one `interval` later; pods/resize lands in the cgroup within a
+/// second. That is 13–23 s, 18 s on average. Each extra scrape in the window adds about
+/// 4 s; a shorter `interval` than the scrape adds no information.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(15);
 /// Least time between two actions on one container when the policy names none.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15);
 /// Fraction of the limit above which usage is an up event, by default.
@@ -209,7 +220,9 @@ pub struct ScalingPolicySpec {
     pub interval: HumanDuration,
 
     /// Usage is averaged over this window; one window yields at most one event per resource.
-    /// Default `10s`.
+    /// Default `15s`: three 5 s Prometheus scrapes, so `rate()` always has at least two
+    /// samples (with 10 s it often has one and returns nothing), while a load step is still
+    /// acted on within about 20 s with the other defaults. Keep it ≥ 3 × the scrape interval.
     #[serde(default = "default_window")]
     #[schemars(schema_with = "duration_schema")]
     pub window: HumanDuration,
@@ -773,7 +786,8 @@ mod tests {
         let spec = &sp.spec;
         assert_eq!(spec.mode, ScalingMode::InPlace);
         assert_eq!(spec.interval.get(), Duration::from_secs(5));
-        assert_eq!(spec.window.get(), Duration::from_secs(10));
+        // Three 5 s scrapes, not Serverless Containers' 10 s (see DEFAULT_WINDOW).
+        assert_eq!(spec.window.get(), Duration::from_secs(15));
         assert_eq!(spec.cooldown.get(), Duration::from_secs(15));
         let cpu = spec.cpu.as_ref().unwrap();
         assert_eq!((cpu.upper, cpu.lower, cpu.up_events), (0.8, 0.4, 2));
@@ -787,14 +801,14 @@ mod tests {
             memory.scale_up(Resource::Memory),
             ScaleAction::amount("256Mi")
         );
-        // eventTimeout defaults to exactly what the rules need.
+        // eventTimeout defaults to exactly what the rules need: 6 and 8 windows of 15 s.
         assert_eq!(
             spec.event_timeout(Resource::Cpu),
-            Some(Duration::from_secs(60))
+            Some(Duration::from_secs(90))
         );
         assert_eq!(
             spec.event_timeout(Resource::Memory),
-            Some(Duration::from_secs(80))
+            Some(Duration::from_secs(120))
         );
         assert_eq!(spec.metrics.cpu_query(), DEFAULT_CPU_QUERY);
         assert!(
@@ -874,7 +888,7 @@ mod tests {
     fn event_timeout_must_cover_the_events_a_rule_needs() {
         // Serverless Containers' code defaults: 40 s timeout, 10 s window, 6 down events.
         assert_eq!(
-            messages(json!({"targetRef": target(),
+            messages(json!({"targetRef": target(), "window": "10s",
                             "cpu": {"min": "1", "max": "2", "eventTimeout": "40s"}})),
             [
                 "cpu.eventTimeout must be at least max(upEvents, downEvents) × window, or the \
@@ -882,20 +896,32 @@ mod tests {
             ]
         );
         assert!(
-            messages(json!({"targetRef": target(),
+            messages(json!({"targetRef": target(), "window": "10s",
                                 "cpu": {"min": "1", "max": "2", "eventTimeout": "1m"}}))
             .is_empty()
         );
-        // Memory's default downEvents is 8: 60 s is not enough, 80 s is.
+        // With the default 15 s window, 6 down events need 90 s.
         assert_eq!(
             messages(json!({"targetRef": target(),
-                            "memory": {"min": "1Gi", "max": "2Gi", "eventTimeout": "60s"}}))
+                            "cpu": {"min": "1", "max": "2", "eventTimeout": "1m"}}))
             .len(),
             1
         );
         assert!(
             messages(json!({"targetRef": target(),
-                                "memory": {"min": "1Gi", "max": "2Gi", "eventTimeout": "1m20s"}}))
+                                "cpu": {"min": "1", "max": "2", "eventTimeout": "1m30s"}}))
+            .is_empty()
+        );
+        // Memory's default downEvents is 8: 8 × 15 s = 2 m.
+        assert_eq!(
+            messages(json!({"targetRef": target(),
+                            "memory": {"min": "1Gi", "max": "2Gi", "eventTimeout": "1m50s"}}))
+            .len(),
+            1
+        );
+        assert!(
+            messages(json!({"targetRef": target(),
+                                "memory": {"min": "1Gi", "max": "2Gi", "eventTimeout": "2m"}}))
             .is_empty()
         );
         // upEvents counts too, and a longer window needs a longer timeout.
@@ -1010,7 +1036,7 @@ mod tests {
             json!(["Off", "InPlace", "InPlaceOrRecreate"])
         );
         assert_eq!(node(&schema, "spec.mode")["default"], "InPlace");
-        assert_eq!(node(&schema, "spec.window")["default"], "10s");
+        assert_eq!(node(&schema, "spec.window")["default"], "15s");
         assert!(node(&schema, "spec.window")["pattern"].is_string());
         assert_eq!(node(&schema, "spec.cpu.upper")["default"], 0.8);
         assert_eq!(

@@ -37,8 +37,14 @@ pub(super) async fn run(
     }
     let memory = &params.memory_stress;
     if memory.run {
-        let (size, io) = (memory.memory_size, memory.memory_io);
-        blocking(placement, move || memory_stress(size, io)).await?;
+        let (size, io, retain) = (memory.memory_size, memory.memory_io, memory.retain);
+        blocking(placement, move || {
+            let blocks = memory_stress(size, io);
+            if retain {
+                keep(blocks);
+            }
+        })
+        .await?;
     }
     if params.disk_stress.run {
         let disk = params.disk_stress.clone();
@@ -58,9 +64,31 @@ pub(super) async fn run(
     })
 }
 
+/// Blocks kept by `memoryStress.retain` for the life of the process.
+static RETAINED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `blocks` until the process ends (`memoryStress.retain`).
+fn keep(blocks: Vec<Vec<u8>>) {
+    // A panic elsewhere while holding the lock leaves a list that is still a valid list.
+    let mut retained = RETAINED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    retained.extend(blocks);
+}
+
+/// Bytes kept by `memoryStress.retain` so far.
+#[cfg(test)]
+fn retained_bytes() -> usize {
+    let retained = RETAINED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    retained.iter().map(Vec::len).sum()
+}
+
 /// Allocates `size` blocks of 1000 bytes, then reads one block and replaces one block `io`
-/// times, cycling over the blocks (µBench's memory stressor).
-fn memory_stress(size: u32, io: u32) {
+/// times, cycling over the blocks (µBench's memory stressor). Returns the blocks, which the
+/// caller frees (µBench) or keeps (`retain`).
+fn memory_stress(size: u32, io: u32) -> Vec<Vec<u8>> {
     let size = size as usize;
     let mut blocks: Vec<Vec<u8>> = (0..size).map(|_| vec![b'A'; 1000]).collect();
     if size > 0 {
@@ -70,7 +98,7 @@ fn memory_stress(size: u32, io: u32) {
             blocks[index] = vec![b'A'; 1000];
         }
     }
-    std::hint::black_box(&blocks);
+    std::hint::black_box(blocks)
 }
 
 /// Writes `disk_write_block_count` random blocks to a fresh scratch file, fsyncs, reads the
@@ -166,6 +194,7 @@ mod tests {
                 run: true,
                 memory_size: 100,
                 memory_io: 1000,
+                retain: false,
             },
             disk_stress: DiskStress {
                 run: true,
@@ -206,7 +235,33 @@ mod tests {
 
     #[test]
     fn memory_stress_tolerates_zero_blocks() {
-        memory_stress(0, 10);
-        memory_stress(3, 10);
+        assert!(memory_stress(0, 10).is_empty());
+        assert_eq!(memory_stress(3, 10).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn retain_keeps_each_requests_blocks_and_the_default_frees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = Loader {
+            memory_stress: MemoryStress {
+                run: true,
+                memory_size: 200,
+                memory_io: 10,
+                retain: false,
+            },
+            ..quiet()
+        };
+        let before = retained_bytes();
+        run(&params, dir.path(), Placement::Offload).await.unwrap();
+        assert_eq!(
+            retained_bytes(),
+            before,
+            "µBench's stressor frees its blocks"
+        );
+        params.memory_stress.retain = true;
+        for served in 1..=3 {
+            run(&params, dir.path(), Placement::InPlace).await.unwrap();
+            assert_eq!(retained_bytes(), before + served * 200 * 1000);
+        }
     }
 }

@@ -21,13 +21,20 @@
 //!
 //! The Guardian assumes that what it decides is applied: with `mode: Off` the controller
 //! still calls [`Guardian::tick`] and reports the recommendations.
+//!
+//! The recommendation in each report is stable (see [`rescale::recommend`]): it is what was
+//! last applied, and otherwise moves only when the Guardian decides (an OOM kill, enough
+//! events for a target that differs from the last one by more than the noise), never with
+//! each window's usage — with `mode: Off`, where nothing is applied and the Guardian keeps
+//! deciding, and while a cooldown holds an action back. A status that followed the usage would change at every tick, be useless on
+//! `kubectl get sp` and cost a status write per tick.
 
 pub mod rescale;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use cellmesh_api::crd::scaling::{Resource, ScalingPolicySpec};
+use cellmesh_api::crd::scaling::{Resource, ScalingMode, ScalingPolicySpec};
 use cellmesh_api::quantity::{self, QuantityError};
 use cellmesh_api::service::Quantity;
 
@@ -222,6 +229,8 @@ struct Memory {
     memory: Events,
     last_resize: Option<Duration>,
     handled_oom: Option<String>,
+    /// The recommendations last reported, per resource.
+    recommended: BTreeMap<ResourceName, f64>,
 }
 
 impl Memory {
@@ -345,7 +354,18 @@ impl Guardian {
                 if new_oom && resource == Resource::Memory {
                     memory.handled_oom.clone_from(&observation.last_oom);
                 }
-                report.recommendation = Some(decided.as_ref().map_or(limit, |(t, _)| *t));
+                let recommendation = rescale::recommend(
+                    resource,
+                    &bounds,
+                    memory.recommended.get(&resource.into()).copied(),
+                    limit,
+                    observed.usage,
+                    decided
+                        .as_ref()
+                        .map(|(target, reason)| (*target, *reason == Reason::OomKilled)),
+                );
+                memory.recommended.insert(resource.into(), recommendation);
+                report.recommendation = Some(recommendation);
                 tick.reports
                     .entry(key.clone())
                     .or_default()
@@ -380,6 +400,18 @@ impl Guardian {
             let memory = self.containers.entry(w.key.clone()).or_default();
             memory.last_resize = Some(now);
             memory.events(w.resource).seen.clear();
+            // What is applied is what is recommended from now on. With `mode: Off` nothing
+            // is applied: the stable recommendation stays.
+            if policy.mode != ScalingMode::Off {
+                memory.recommended.insert(w.resource.into(), w.target);
+                if let Some(report) = tick
+                    .reports
+                    .get_mut(&w.key)
+                    .and_then(|reports| reports.get_mut(&w.resource.into()))
+                {
+                    report.recommendation = Some(w.target);
+                }
+            }
             by_container
                 .entry(w.key)
                 .or_default()

@@ -126,6 +126,70 @@ pub fn oom_bump(bounds: &Bounds, factor: f64, min_bump: f64, limit: f64) -> f64 
     bounds.clamp(Resource::Memory, (limit * factor).max(limit + min_bump))
 }
 
+/// Relative change of a decided target below which the recommendation keeps its value:
+/// targets computed from usage (`fitToUsage`, the guards) move with its noise, typically a
+/// few percent from one window to the next.
+pub const RECOMMENDATION_TOLERANCE: f64 = 0.1;
+
+/// The recommendation to report, given the last one reported (`previous`), the current limit
+/// and usage, and the tick's decided target (with whether it is an OOM bump), if any.
+///
+/// Hysteresis so the status does not follow noisy usage:
+/// - an OOM bump is always the recommendation;
+/// - a decided target replaces the previous recommendation unless it lies on the same side
+///   of the limit and within [`RECOMMENDATION_TOLERANCE`] of it (or two grid steps), and,
+///   for memory, the previous one is not below the usage;
+/// - without a decision the previous recommendation stays while the usage is inside the
+///   band at it, or while the usage is outside the band at the current limit too (events
+///   are being counted towards a decision); it falls back to the limit when only the limit
+///   has the usage inside its band (the load changed and no action is needed any more).
+///
+/// A previous value outside [min, max] is forgotten.
+pub fn recommend(
+    resource: Resource,
+    bounds: &Bounds,
+    previous: Option<f64>,
+    limit: f64,
+    usage: Option<f64>,
+    decided: Option<(f64, bool)>,
+) -> f64 {
+    // A previous value outside [min, max] (the limit of a pod older than the policy, or a
+    // policy that changed) is no anchor.
+    let previous =
+        previous.filter(|&p| (bounds.clamp(resource, p) - p).abs() < grid(resource) / 2.0);
+    let in_band = |at: f64| {
+        usage.is_none_or(|u| {
+            u >= bounds.lower * at
+                && u <= bounds.upper * at
+                && (resource != Resource::Memory || u <= at)
+        })
+    };
+    match (decided, previous) {
+        (Some((target, true)), _) => target,
+        (Some((target, false)), Some(previous)) => {
+            let same_side = (target - limit).signum() == (previous - limit).signum()
+                && (previous - limit).abs() >= grid(resource) / 2.0;
+            let tolerance = (previous * RECOMMENDATION_TOLERANCE).max(2.0 * grid(resource));
+            // Memory is never recommended below its usage.
+            let fits = resource != Resource::Memory || usage.is_none_or(|u| u <= previous);
+            if same_side && fits && (target - previous).abs() <= tolerance {
+                previous
+            } else {
+                target
+            }
+        }
+        (Some((target, false)), None) => target,
+        (None, None) => limit,
+        (None, Some(previous)) => {
+            if in_band(previous) || !in_band(limit) {
+                previous
+            } else {
+                limit
+            }
+        }
+    }
+}
+
 /// The request that keeps the original request:limit ratio at the new limit, so the pod's
 /// QoS class stays what it was: equal stays equal (Guaranteed), below stays below.
 pub fn scaled_request(resource: Resource, request: f64, limit: f64, new_limit: f64) -> f64 {

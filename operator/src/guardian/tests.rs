@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cellmesh_api::crd::scaling::{Budget, ResourcePolicy, ScaleAction, ScalingPolicySpec};
+use cellmesh_api::crd::scaling::{
+    Budget, ResourcePolicy, ScaleAction, ScalingMode, ScalingPolicySpec,
+};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -114,7 +116,7 @@ fn one_busy_window_vetoes_shrinking() {
 
 #[test]
 fn old_events_are_forgotten() {
-    let policy = cpu_policy(); // event timeout = max(2, 6) × 10s = 60s
+    let policy = cpu_policy(); // event timeout = max(2, 6) × 15s = 90s
     let key = ContainerKey::new("p", "c");
     let mut guardian = Guardian::new();
     assert!(
@@ -125,7 +127,7 @@ fn old_events_are_forgotten() {
             .is_empty()
     );
     let later = guardian
-        .tick(&policy, secs(61), &one(&key, cpu(0.95, 1.0)))
+        .tick(&policy, secs(91), &one(&key, cpu(0.95, 1.0)))
         .unwrap();
     assert!(later.decisions.is_empty(), "the first event expired");
     assert_eq!(later.reports[&key][&ResourceName::Cpu].up_events, 1);
@@ -173,13 +175,13 @@ fn limits_stay_within_min_and_max() {
         .tick(&policy, secs(20), &one(&key, cpu(1.2, 1.2)))
         .unwrap();
     assert!(capped.decisions.is_empty(), "already at max");
-    // The up event seen at max (t=20) vetoes shrinking until it expires (timeout 10s).
+    // The up event seen at max (t=20) vetoes shrinking until it expires (timeout 15s).
     let vetoed = guardian
         .tick(&policy, secs(30), &one(&key, cpu(0.0, 1.2)))
         .unwrap();
     assert!(vetoed.decisions.is_empty());
     let down = guardian
-        .tick(&policy, secs(31), &one(&key, cpu(0.0, 1.2)))
+        .tick(&policy, secs(36), &one(&key, cpu(0.0, 1.2)))
         .unwrap();
     assert_eq!(down.decisions[0].changes[0].to.limit.0, "500m");
 }
@@ -315,6 +317,110 @@ fn vanished_pods_are_forgotten() {
 
 // ---- properties ----
 
+/// Usage `base` with deterministic noise of ±`spread` (a fraction), varying every tick.
+fn noisy(base: f64, spread: f64, tick: u64) -> f64 {
+    // A fixed pseudo-random sequence in [-1, 1].
+    let x = ((tick.wrapping_mul(2_654_435_761) % 1000) as f64 / 500.0) - 1.0;
+    base * (1.0 + spread * x)
+}
+
+#[test]
+fn the_recommendation_does_not_follow_noisy_usage_when_nothing_is_applied() {
+    // `mode: Off`: the limit never changes. Low, noisy usage at a 2-core limit: every 6
+    // ticks the Guardian decides to fit to usage (≈ 300m, a little different each time).
+    let mut policy = cpu_policy();
+    policy.mode = ScalingMode::Off;
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    let mut seen = Vec::new();
+    let mut decisions = 0;
+    for t in 1..=40 {
+        let tick = guardian
+            .tick(
+                &policy,
+                secs(10 * t),
+                &one(&key, cpu(noisy(0.2, 0.04, t), 2.0)),
+            )
+            .unwrap();
+        decisions += tick.decisions.len();
+        seen.push(
+            tick.reports[&key][&ResourceName::Cpu]
+                .recommendation
+                .unwrap(),
+        );
+    }
+    assert!(decisions >= 5, "the Guardian kept deciding: {decisions}");
+    // The limit until the first decision, then that decision's target, unchanged.
+    let first = seen[5];
+    assert!((0.28..0.32).contains(&first), "{first}");
+    assert!(seen[..5].iter().all(|&r| r == 2.0), "{seen:?}");
+    assert!(seen[5..].iter().all(|&r| r == first), "{seen:?}");
+}
+
+#[test]
+fn the_recommendation_moves_when_the_load_really_changes() {
+    let mut policy = cpu_policy();
+    policy.mode = ScalingMode::Off;
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    let mut last = None;
+    for t in 1..=12 {
+        let tick = guardian
+            .tick(&policy, secs(10 * t), &one(&key, cpu(0.2, 2.0)))
+            .unwrap();
+        last = tick.reports[&key][&ResourceName::Cpu].recommendation;
+    }
+    assert_eq!(last, Some(0.3));
+    // Twice the load: the next decision's target (600m) is beyond the tolerance.
+    for t in 13..=24 {
+        let tick = guardian
+            .tick(&policy, secs(10 * t), &one(&key, cpu(0.4, 2.0)))
+            .unwrap();
+        last = tick.reports[&key][&ResourceName::Cpu].recommendation;
+    }
+    assert_eq!(last, Some(0.6));
+    // The load moves into the band of the current limit: no action needed, so the
+    // recommendation is the limit again.
+    let tick = guardian
+        .tick(&policy, secs(250), &one(&key, cpu(1.2, 2.0)))
+        .unwrap();
+    assert_eq!(
+        tick.reports[&key][&ResourceName::Cpu].recommendation,
+        Some(2.0)
+    );
+}
+
+#[test]
+fn an_applied_resize_is_the_recommendation() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("p", "c");
+    let mut guardian = Guardian::new();
+    guardian
+        .tick(&policy, secs(10), &one(&key, cpu(0.9, 1.0)))
+        .unwrap();
+    let tick = guardian
+        .tick(&policy, secs(20), &one(&key, cpu(0.9, 1.0)))
+        .unwrap();
+    assert_eq!(tick.decisions[0].changes[0].to.limit.0, "1750m");
+    assert_eq!(
+        tick.reports[&key][&ResourceName::Cpu].recommendation,
+        Some(1.75)
+    );
+    for t in 3..10 {
+        let tick = guardian
+            .tick(
+                &policy,
+                secs(10 * t),
+                &one(&key, cpu(noisy(0.9, 0.05, t), 1.75)),
+            )
+            .unwrap();
+        assert_eq!(
+            tick.reports[&key][&ResourceName::Cpu].recommendation,
+            Some(1.75)
+        );
+    }
+}
+
 /// Scale-up steps of at least 250m, so a climb from min to max (≤ 5 cores) takes at most
 /// 20 steps of at most 3 events: "settles within 200 ticks" is a fair property.
 fn up_action() -> impl Strategy<Value = ScaleAction> {
@@ -442,6 +548,41 @@ proptest! {
         }
         prop_assert!(last_change.is_none_or(|i| i < 200),
             "still resizing at tick {last_change:?} (limit {})", limits[&key]);
+    }
+
+    #[test]
+    fn a_constant_load_with_noise_keeps_the_recommendation_constant(
+        policy in cpu_only_policy(),
+        limit in 0.05f64..6.0,
+        demand in 0.01f64..5.0,
+        spread in 0.0f64..0.03,
+        noise in prop::collection::vec(-1.0f64..1.0, 120),
+    ) {
+        // `mode: Off`: decisions are never applied, so the Guardian keeps deciding.
+        let mut policy = policy;
+        policy.mode = ScalingMode::Off;
+        let resource = policy.cpu.clone().unwrap();
+        let demand = demand.min(limit);
+        // Keep the load clearly on one side of each band edge: near an edge, noise alone
+        // legitimately turns events on and off.
+        let clear = |edge: f64| (demand - edge * limit).abs() > 2.0 * spread * demand + 1e-3;
+        prop_assume!(clear(resource.lower) && clear(resource.upper));
+        let key = ContainerKey::new("p", "c");
+        let mut guardian = Guardian::new();
+        let mut changes = Vec::new();
+        let mut previous = None;
+        for (i, x) in noise.iter().enumerate() {
+            let usage = (demand * (1.0 + spread * x)).min(limit);
+            let tick = guardian
+                .tick(&policy, secs(10 * i as u64), &one(&key, cpu(usage, limit)))
+                .unwrap();
+            let now = tick.reports[&key][&ResourceName::Cpu].recommendation.unwrap();
+            if previous.is_some_and(|p| p != now) {
+                changes.push((i, previous, now));
+            }
+            previous = Some(now);
+        }
+        prop_assert!(changes.len() <= 1, "the recommendation moved: {changes:?}");
     }
 
     #[test]
