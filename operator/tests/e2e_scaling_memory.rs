@@ -25,8 +25,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cellmesh_api::quantity;
+use cellmesh_testkit::http_get;
 use common::eventually;
-use common::up::{UpCluster, UpOptions, http_get};
+use common::up::{UpCluster, UpOptions};
 
 const NS: &str = "default";
 const EXAMPLE: &str = "scaling/memory-grow.yaml";
