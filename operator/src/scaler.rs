@@ -8,15 +8,190 @@
 //! seen the patched generation; `PodResizePending` (`Deferred` / `Infeasible`) and
 //! `PodResizeInProgress` say where it stands; `status.containerStatuses[].resources` is the
 //! size really in force.
+//!
+//! Besides the Guardian's decisions it sizes *new* pods: a pod of a workload that appears
+//! after the policy gave the workload's containers a size ([`adopt`]) gets that size at
+//! once. A patch the API server refuses is sent again only after [`refusal_backoff`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use cellmesh_api::crd::scaling::{ContainerSize, Resource, WorkloadSize};
+use cellmesh_api::quantity;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use serde_json::{Value, json};
 
-use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed};
-use cellmesh_api::crd::scaling::Resource;
+use crate::build::{APP_LABEL, SERVICE_LABEL};
+use crate::guardian::rescale;
+use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed, Reason, Size};
+
+/// A refused patch is sent again after at most this many intervals.
+pub const MAX_BACKOFF_INTERVALS: u32 = 10;
+
+/// How long to wait before sending again a patch the API server refused `failures` times in
+/// a row: one interval, then 2, 4, 8, … intervals, at most [`MAX_BACKOFF_INTERVALS`].
+pub fn refusal_backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(MAX_BACKOFF_INTERVALS);
+    interval.saturating_mul(factor)
+}
+
+/// The workload a pod belongs to, whose pods share a size: its WorkModel service, its App,
+/// or the Deployment (the ReplicaSet owner's name less the pod-template hash) or other
+/// controller that owns it. A bare pod has none.
+pub fn workload_of(pod: &Pod) -> Option<String> {
+    let labels = pod.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).cloned();
+    if let Some(workload) = label(SERVICE_LABEL).or_else(|| label(APP_LABEL)) {
+        return Some(workload);
+    }
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let deployment = label("pod-template-hash")
+        .filter(|_| owner.kind == "ReplicaSet")
+        .and_then(|hash| owner.name.strip_suffix(&format!("-{hash}")));
+    Some(deployment.unwrap_or(&owner.name).to_owned())
+}
+
+/// Records `size` as the size of `resource` of `container` in `workload`, keeping `sizes`
+/// sorted; whether anything changed.
+pub fn record_size(
+    sizes: &mut Vec<WorkloadSize>,
+    workload: &str,
+    container: &str,
+    resource: Resource,
+    size: ContainerSize,
+) -> bool {
+    let at = sizes.binary_search_by(|s| {
+        (s.workload.as_str(), s.container.as_str()).cmp(&(workload, container))
+    });
+    let entry = match at {
+        Ok(i) => &mut sizes[i],
+        Err(i) => {
+            sizes.insert(
+                i,
+                WorkloadSize {
+                    workload: workload.to_owned(),
+                    container: container.to_owned(),
+                    ..WorkloadSize::default()
+                },
+            );
+            &mut sizes[i]
+        }
+    };
+    let slot = entry.resource_mut(resource);
+    if slot.as_ref() == Some(&size) {
+        return false;
+    }
+    *slot = Some(size);
+    true
+}
+
+/// A [`Change`]'s target as a status size.
+pub fn container_size(size: &Size) -> ContainerSize {
+    ContainerSize {
+        request: size.request.clone(),
+        limit: size.limit.clone(),
+    }
+}
+
+/// The resizes that give a new `pod` the sizes its workload's containers were given
+/// (`sizes`, the policy's `status.sizes`): one decision per container that differs. The
+/// request keeps the pod's own request:limit ratio, so its QoS class is kept.
+pub fn adopt(pod: &Pod, sizes: &[WorkloadSize]) -> Vec<Decision> {
+    let (Some(name), Some(workload)) = (pod.metadata.name.as_deref(), workload_of(pod)) else {
+        return Vec::new();
+    };
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    containers
+        .iter()
+        .filter_map(|container| {
+            let given = sizes
+                .iter()
+                .find(|s| s.workload == workload && s.container == container.name)?;
+            let changes: Vec<Change> = [Resource::Cpu, Resource::Memory]
+                .into_iter()
+                .filter_map(|resource| {
+                    let target = quantity::parse(&given.resource(resource)?.limit.0).ok()?;
+                    let current = observed(container, resource, None);
+                    let limit = current.limit.filter(|l| *l > 0.0)?;
+                    if (target - limit).abs() < rescale::grid(resource) / 2.0 {
+                        return None;
+                    }
+                    let format = |value: f64| match resource {
+                        Resource::Cpu => quantity::cpu(value),
+                        Resource::Memory => quantity::memory(value),
+                    };
+                    Some(Change {
+                        resource,
+                        from: Size {
+                            request: current.request.map(format),
+                            limit: format(limit),
+                        },
+                        to: Size {
+                            request: current.request.map(|request| {
+                                format(rescale::scaled_request(resource, request, limit, target))
+                            }),
+                            limit: format(target),
+                        },
+                        reason: Reason::NewPod,
+                    })
+                })
+                .collect();
+            (!changes.is_empty()).then(|| Decision {
+                key: ContainerKey::new(name, &container.name),
+                changes,
+            })
+        })
+        .collect()
+}
+
+/// The sizes a pod's spec asks for but the kubelet does not apply (the resize it called
+/// `Infeasible`): per container and resource whose limit in the spec differs from the one
+/// in force.
+pub fn unapplied_sizes(pod: &Pod) -> Vec<(String, Resource, ContainerSize)> {
+    let actual = in_force(pod);
+    let (Some(spec), Some(actual)) = (pod.spec.as_ref(), actual.spec.as_ref()) else {
+        return Vec::new();
+    };
+    let mut unapplied = Vec::new();
+    for (wanted, in_force) in spec.containers.iter().zip(&actual.containers) {
+        for resource in [Resource::Cpu, Resource::Memory] {
+            let wanted_size = observed(wanted, resource, None);
+            let actual_size = observed(in_force, resource, None);
+            let (Some(limit), Some(actual_limit)) = (wanted_size.limit, actual_size.limit) else {
+                continue;
+            };
+            if (limit - actual_limit).abs() < rescale::grid(resource) / 2.0 {
+                continue;
+            }
+            let format = |value: f64| match resource {
+                Resource::Cpu => quantity::cpu(value),
+                Resource::Memory => quantity::memory(value),
+            };
+            unapplied.push((
+                wanted.name.clone(),
+                resource,
+                ContainerSize {
+                    request: wanted_size.request.map(format),
+                    limit: format(limit),
+                },
+            ));
+        }
+    }
+    unapplied
+}
 
 /// Pod condition: a resize the kubelet has not admitted (reason `Deferred` or `Infeasible`).
 pub const POD_RESIZE_PENDING: &str = "PodResizePending";
@@ -326,7 +501,6 @@ fn observed(container: &Container, resource: Resource, usage: Option<f64>) -> Ob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guardian::{Reason, Size};
     use cellmesh_api::service::Quantity;
 
     fn pod(value: Value) -> Pod {

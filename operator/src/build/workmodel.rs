@@ -30,9 +30,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::{
-    CONFIG_DIR, Desired, ENTRY_LABEL, GRPC_PORT, MissingMetadata, Owner, SERVICE_HTTP_PORT,
-    SERVICE_LABEL, Settings, cell_container, config_volume, labels, owner_of, pod_annotations,
-    profile_key, render_profile, stable_hash,
+    CONFIG_DIR, Desired, ENTRY_LABEL, GRPC_PORT, MissingMetadata, Owner, ResourceOverrides,
+    SERVICE_HTTP_PORT, SERVICE_LABEL, Settings, cell_container, config_volume, labels,
+    override_resources, owner_of, pod_annotations, profile_key, render_profile, stable_hash,
 };
 
 /// Key of the service specs in the config ConfigMap.
@@ -186,10 +186,12 @@ fn spec_hash(
 
 /// The desired objects of `wm`. `profiles` must hold every Profile its services reference
 /// (see [`referenced_profiles`]); `wm` must have passed [`crate::validate::workmodel`].
+/// `overrides` (keyed by service) replace the services' resources in the pod templates.
 pub fn build(
     wm: &WorkModel,
     profiles: &BTreeMap<String, ProfileSpec>,
     settings: &Settings,
+    overrides: &ResourceOverrides,
 ) -> Result<Desired, BuildError> {
     let owner = owner_of("WorkModel", wm)?;
     let services = effective_services(&wm.spec);
@@ -215,6 +217,7 @@ pub fn build(
     if wm.spec.gateway.as_ref().is_some_and(|g| g.enabled) {
         desired.services.push(gateway(&owner));
     }
+    override_resources(&mut desired.deployments, overrides);
     Ok(desired)
 }
 
@@ -441,7 +444,13 @@ mod tests {
     #[test]
     fn a_missing_profile_is_an_error_not_a_panic() {
         let wm = wm(json!({"services": {"a": {"internalService": pi(), "profileRef": "nope"}}}));
-        let err = build(&wm, &profiles(), &Settings::default()).unwrap_err();
+        let err = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, BuildError::ProfileNotFound(ref p) if p == "nope"),
             "{err}"
@@ -451,10 +460,22 @@ mod tests {
     #[test]
     fn a_profile_change_leaves_pod_templates_alone() {
         let wm = wm(json!({"services": {"a": {"internalService": pi(), "profileRef": "fast"}}}));
-        let before = build(&wm, &profiles(), &Settings::default()).unwrap();
+        let before = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
         let mut changed = profiles();
         changed.get_mut("fast").unwrap().queue_limit = 7;
-        let after = build(&wm, &changed, &Settings::default()).unwrap();
+        let after = build(
+            &wm,
+            &changed,
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
         assert_eq!(before.deployments, after.deployments);
         assert_ne!(before.config_maps, after.config_maps);
         let data = after.config_maps[0].data.as_ref().unwrap();
@@ -472,7 +493,13 @@ mod tests {
             "c": {"internalService": pi()},
         }});
         let hashes = |spec: &serde_json::Value| {
-            let desired = build(&wm(spec.clone()), &profiles(), &Settings::default()).unwrap();
+            let desired = build(
+                &wm(spec.clone()),
+                &profiles(),
+                &Settings::default(),
+                &ResourceOverrides::new(),
+            )
+            .unwrap();
             ["a", "b", "c"].map(|n| template_hash(&desired, n))
         };
         let [a, b, c] = hashes(&base);
@@ -504,7 +531,13 @@ mod tests {
             "front": {"internalService": pi(), "externalServices": [{"services": ["back"]}]},
             "back": {"internalService": pi()},
         }}));
-        let desired = build(&wm, &profiles(), &Settings::default()).unwrap();
+        let desired = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
         let gateway = desired
             .services
             .iter()
