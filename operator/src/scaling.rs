@@ -904,7 +904,8 @@ async fn apply(
             resized.insert(pod.to_owned(), pod_object);
         }
         if let Some(event_type) = event_type {
-            publish(context, policy, event_type, reason, note).await;
+            let pod_object = target.pods.get(pod).copied();
+            publish_about(context, policy, pod_object, event_type, reason, note).await;
         }
     }
     resized
@@ -985,12 +986,26 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
+    publish_about(context, policy, None, type_, reason, note).await;
+}
+
+/// [`publish`], naming the pod concerned as the Event's `related` object: Events of one
+/// reason form one series per related object (kube's Recorder), so each pod's resizes are
+/// told apart.
+async fn publish_about(
+    context: &Context,
+    policy: &ScalingPolicy,
+    pod: Option<&Pod>,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
         action: "Resize".into(),
-        secondary: None,
+        secondary: pod.map(|pod| pod.object_ref(&())),
     };
     if let Err(err) = context
         .recorder
