@@ -695,4 +695,161 @@ mod tests {
             Some("2026-11-23T10:00:00Z")
         );
     }
+
+    #[test]
+    fn refused_patches_back_off_exponentially_up_to_ten_intervals() {
+        let interval = Duration::from_secs(5);
+        let schedule: Vec<u64> = (1..=7)
+            .map(|failures| refusal_backoff(interval, failures).as_secs())
+            .collect();
+        assert_eq!(schedule, [5, 10, 20, 40, 50, 50, 50]);
+        assert_eq!(refusal_backoff(interval, 0), interval);
+        assert_eq!(refusal_backoff(interval, u32::MAX), interval * 10);
+        assert_eq!(
+            refusal_backoff(Duration::from_millis(500), 3),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn a_pod_s_workload_is_its_service_app_or_deployment() {
+        let with = |meta: Value| pod(json!({"metadata": meta}));
+        assert_eq!(
+            workload_of(&with(
+                json!({"labels": {SERVICE_LABEL: "s0", APP_LABEL: "x"}})
+            )),
+            Some("s0".into())
+        );
+        assert_eq!(
+            workload_of(&with(json!({"labels": {APP_LABEL: "scorer"}}))),
+            Some("scorer".into())
+        );
+        let owned = |kind: &str, name: &str| {
+            with(json!({"labels": {"pod-template-hash": "7d9f"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name,
+                                     "uid": "u", "controller": true}]}))
+        };
+        assert_eq!(
+            workload_of(&owned("ReplicaSet", "web-7d9f")),
+            Some("web".into())
+        );
+        assert_eq!(workload_of(&owned("StatefulSet", "db")), Some("db".into()));
+        assert_eq!(workload_of(&with(json!({"name": "bare"}))), None);
+    }
+
+    fn sizes(workload: &str, cpu_limit: &str) -> Vec<WorkloadSize> {
+        vec![WorkloadSize {
+            workload: workload.into(),
+            container: "cell".into(),
+            cpu: Some(ContainerSize {
+                request: Some(Quantity("1".into())),
+                limit: Quantity(cpu_limit.into()),
+            }),
+            memory: None,
+        }]
+    }
+
+    #[test]
+    fn a_new_pod_gets_its_workload_s_size_at_its_own_request_ratio() {
+        let mut pod = running_pod();
+        pod.metadata.labels = Some([(SERVICE_LABEL.to_owned(), "s0".to_owned())].into());
+        let decisions = adopt(&pod, &sizes("s0", "1250m"));
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(decisions[0].key, ContainerKey::new("s0-abc", "cell"));
+        let [change] = decisions[0].changes.as_slice() else {
+            panic!("one change: {decisions:?}")
+        };
+        assert_eq!(
+            change.resource,
+            Resource::Cpu,
+            "memory has no size: untouched"
+        );
+        assert_eq!(change.reason, Reason::NewPod);
+        assert_eq!(change.from.limit.0, "500m");
+        assert_eq!(change.to.limit.0, "1250m");
+        // 250m:500m, not the sibling's recorded request: the QoS class is the pod's own.
+        assert_eq!(change.to.request.as_ref().unwrap().0, "625m");
+        assert!(
+            change.describe().contains("new pod"),
+            "{}",
+            change.describe()
+        );
+        // Already at the size, or of another workload: nothing to do.
+        assert!(adopt(&pod, &sizes("s0", "0.5")).is_empty());
+        assert!(adopt(&pod, &sizes("s1", "1250m")).is_empty());
+    }
+
+    #[test]
+    fn sizes_are_recorded_once_per_workload_container_and_resource() {
+        let mut list = Vec::new();
+        let size = |limit: &str| ContainerSize {
+            request: None,
+            limit: Quantity(limit.into()),
+        };
+        assert!(record_size(
+            &mut list,
+            "b",
+            "cell",
+            Resource::Cpu,
+            size("1")
+        ));
+        assert!(record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Cpu,
+            size("2")
+        ));
+        assert!(record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Memory,
+            size("1Gi")
+        ));
+        assert!(!record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Memory,
+            size("1Gi")
+        ));
+        assert!(record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Cpu,
+            size("3")
+        ));
+        let workloads: Vec<&str> = list.iter().map(|s| s.workload.as_str()).collect();
+        assert_eq!(workloads, ["a", "b"], "sorted, one entry each");
+        assert_eq!(list[0].cpu.as_ref().unwrap().limit.0, "3");
+        assert_eq!(list[0].memory.as_ref().unwrap().limit.0, "1Gi");
+    }
+
+    #[test]
+    fn the_unapplied_sizes_of_an_infeasible_resize_come_from_the_spec() {
+        assert!(unapplied_sizes(&running_pod()).is_empty());
+        let mut pod = running_pod();
+        let resources = pod.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap();
+        resources
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("64".into()));
+        resources
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("32".into()));
+        let unapplied = unapplied_sizes(&pod);
+        assert_eq!(unapplied.len(), 1, "{unapplied:?}");
+        let (container, resource, size) = &unapplied[0];
+        assert_eq!((container.as_str(), *resource), ("cell", Resource::Cpu));
+        assert_eq!(size.limit.0, "64");
+        assert_eq!(size.request.as_ref().unwrap().0, "32");
+    }
 }

@@ -1537,4 +1537,140 @@ mod tests {
         );
         assert!(statuses[0].memory.is_none(), "memory is not guarded");
     }
+
+    fn policy(
+        name: &str,
+        mode: &str,
+        target: serde_json::Value,
+        recommends: bool,
+    ) -> ScalingPolicy {
+        let mut status = json!({});
+        if recommends {
+            status = json!({"templateRecommendations": [{"workload": "s0", "container": "cell",
+                "cpu": {"request": "625m", "limit": "1250m"}, "memory": {"limit": "1Gi"}}]});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "cellmesh.io/v1alpha1", "kind": "ScalingPolicy",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"targetRef": target, "mode": mode, "cpu": {"min": "100m", "max": "2"}},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_map_to_the_policies_that_target_them() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let shop_s0 = labels(&[(WORKMODEL_LABEL, "shop"), (SERVICE_LABEL, "s0")]);
+        let only_s1 = spec(json!({"kind": "WorkModel", "name": "shop", "services": ["s1"]}));
+        assert!(targets(
+            &spec(json!({"kind": "WorkModel", "name": "shop"})),
+            &shop_s0
+        ));
+        assert!(!targets(&only_s1, &shop_s0));
+        assert!(!targets(
+            &spec(json!({"kind": "App", "name": "shop"})),
+            &shop_s0
+        ));
+        assert!(targets(
+            &spec(json!({"kind": "App", "name": "scorer"})),
+            &labels(&[(APP_LABEL, "scorer")])
+        ));
+        let selector = spec(json!({"selector": {"matchLabels": {"tier": "web"},
+            "matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}}));
+        assert!(targets(&selector, &labels(&[("tier", "web")])));
+        assert!(!targets(
+            &selector,
+            &labels(&[("tier", "web"), ("canary", "1")])
+        ));
+
+        let known = [
+            Arc::new(policy(
+                "all",
+                "InPlace",
+                json!({"kind": "WorkModel", "name": "shop"}),
+                false,
+            )),
+            Arc::new(policy(
+                "s1",
+                "InPlace",
+                json!({"kind": "WorkModel", "name": "shop", "services": ["s1"]}),
+                false,
+            )),
+        ];
+        let mut pod: Pod = serde_json::from_value(json!({"metadata": {
+            "name": "s0-abc", "namespace": "ns", "uid": "u1", "labels": shop_s0}}))
+        .unwrap();
+        let names: Vec<String> = policies_targeting(&known, &pod)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["all"]);
+        pod.metadata.namespace = Some("other".into());
+        assert!(policies_targeting(&known, &pod).is_empty());
+    }
+
+    #[test]
+    fn a_pod_triggers_its_policies_once_when_it_starts_running() {
+        let mut pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p", "uid": "u1"},
+            "status": {"phase": "Pending"}}))
+        .unwrap();
+        let mut running = BTreeSet::new();
+        assert!(!became_running(&mut running, &pod));
+        pod.status.as_mut().unwrap().phase = Some("Running".into());
+        assert!(became_running(&mut running, &pod));
+        assert!(!became_running(&mut running, &pod), "a status update later");
+        pod.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(!became_running(&mut running, &pod));
+        assert!(running.is_empty(), "a finished pod is forgotten");
+    }
+
+    #[test]
+    fn template_overrides_come_from_in_place_or_recreate_policies_of_the_target() {
+        let shop = json!({"kind": "WorkModel", "name": "shop"});
+        let policies = [
+            policy("b", "InPlaceOrRecreate", shop.clone(), true),
+            policy("a", "InPlace", shop.clone(), true),
+            policy(
+                "c",
+                "InPlaceOrRecreate",
+                json!({"kind": "WorkModel", "name": "other"}),
+                true,
+            ),
+            policy(
+                "d",
+                "InPlaceOrRecreate",
+                json!({"kind": "App", "name": "shop"}),
+                true,
+            ),
+        ];
+        let overrides = template_overrides(&policies, TargetKind::WorkModel, "shop");
+        assert_eq!(
+            serde_json::to_value(&overrides).unwrap(),
+            json!({"s0": {"cell": {"requests": {"cpu": "625m"},
+                                   "limits": {"cpu": "1250m", "memory": "1Gi"}}}})
+        );
+        assert!(template_overrides(&policies, TargetKind::App, "other").is_empty());
+        assert_eq!(
+            template_overrides(&policies, TargetKind::App, "shop").len(),
+            1
+        );
+
+        // Which WorkModel/App a policy change must reconcile.
+        let target = |p: &ScalingPolicy, kind| template_target(p, kind);
+        assert_eq!(
+            target(&policies[0], TargetKind::WorkModel),
+            Some(("ns".into(), "shop".into()))
+        );
+        assert_eq!(target(&policies[0], TargetKind::App), None);
+        // Left InPlaceOrRecreate with recommendations still listed: their removal must roll.
+        assert!(target(&policies[1], TargetKind::WorkModel).is_some());
+        let plain = policy("e", "InPlace", shop, false);
+        assert_eq!(target(&plain, TargetKind::WorkModel), None);
+    }
 }

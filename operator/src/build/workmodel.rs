@@ -580,4 +580,56 @@ mod tests {
         spec.request_method = RequestMethod::Grpc;
         assert_eq!(endpoint("ns", "s0", &spec), "grpc://s0.ns.svc:51313");
     }
+
+    #[test]
+    fn template_overrides_win_over_the_spec_s_resources_of_the_services_they_name() {
+        let wm = wm(json!({
+            "defaults": {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"},
+                                       "limits": {"cpu": "500m", "memory": "128Mi"}}},
+            "services": {"a": {"internalService": pi()}, "b": {"internalService": pi()}}
+        }));
+        let plain = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
+        let overrides: ResourceOverrides = serde_json::from_value(json!({"a": {"cell": {
+            "requests": {"cpu": "625m"}, "limits": {"cpu": "1250m"}}}}))
+        .unwrap();
+        let sized = build(&wm, &profiles(), &Settings::default(), &overrides).unwrap();
+        let resources = |desired: &Desired, name: &str| {
+            let d = desired
+                .deployments
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            serde_json::to_value(
+                &d.spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers[0]
+                    .resources,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            resources(&sized, "a"),
+            json!({"requests": {"cpu": "625m", "memory": "64Mi"},
+                   "limits": {"cpu": "1250m", "memory": "128Mi"}})
+        );
+        assert_eq!(resources(&sized, "b"), resources(&plain, "b"));
+        // Only the resources change: what the cell reads at start is the same.
+        assert_eq!(template_hash(&sized, "a"), template_hash(&plain, "a"));
+        // The same overrides give the same objects (no flip-flop between reconciles).
+        assert_eq!(
+            sized,
+            build(&wm, &profiles(), &Settings::default(), &overrides).unwrap()
+        );
+    }
 }
