@@ -8,16 +8,33 @@
 //! the kubelet calls `Infeasible` → `ResizeInfeasible` condition and a Warning Event, and the
 //! same target is not patched again (a different target is) and the Guardian decides from the
 //! size in force; a resize the kubelet has `Deferred` or still applies → no new patch for that
-//! pod until it settles or a timeout (6 intervals, at least 30 s) passes; an increase the pod's node has no room
-//! for (allocatable minus the other pods' requests) → held, `InsufficientNodeHeadroom` Event;
-//! a memory decrease Kubernetes forbids in place (no `resizePolicy: RestartContainer`) → left
-//! as a recommendation; `mode: Off` → recommendations in the status only.
+//! pod until it settles or a timeout (6 intervals, at least 30 s) passes; an increase the pod's
+//! node has no room for (allocatable minus the other pods' requests) → held,
+//! `InsufficientNodeHeadroom` Event; a patch the API server refuses (4xx) → sent again only
+//! after an exponential backoff (1, 2, 4, 8, at most 10 intervals; at once for a new target),
+//! one `ResizeRefused` Warning per target; a memory decrease Kubernetes forbids in place (no
+//! `resizePolicy: RestartContainer`) → left as a recommendation; `mode: Off` →
+//! recommendations in the status only.
+//!
+//! New pods: the controller also watches the targeted pods. `status.sizes` keeps, per
+//! workload (WorkModel service, App, or Deployment) and container, the size last given; a pod
+//! that starts running later (a replica added, a pod recreated) is resized to it in place
+//! within one reconcile, without waiting for events. The Guardian ticks once per `interval`:
+//! reconciles in between (a pod started, the status was written) only size new pods, since
+//! the Guardian counts one event per tick.
+//!
+//! `mode: InPlaceOrRecreate`: what is impossible in place (`Infeasible`, a forbidden memory
+//! decrease) becomes a template recommendation (`status.templateRecommendations`, Event
+//! `TemplateUpdated`); the WorkModel and App controllers watch the policies and build their
+//! pod templates with [`template_overrides`], so the Deployment rolls once and the pods are
+//! recreated at the size. The override is an input of the builders, not a second writer of
+//! the Deployment: nothing flip-flops. For the containers it names, the policy wins over the
+//! WorkModel's or App's `resources`, as VPA's autoscaler wins for the pods it manages.
 //!
 //! Usage comes from Prometheus (the policy's or `--prometheus-url`), otherwise from
 //! `metrics.k8s.io`. Every action is an Event, a log line and a
 //! `cellmesh_scaling_actions_total` sample (see [`crate::telemetry`]); every tick is timed
-//! into `cellmesh_scaling_decision_seconds`. `mode: InPlaceOrRecreate` acts as `InPlace`
-//! for now (no Deployment-template fallback yet).
+//! into `cellmesh_scaling_decision_seconds`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -225,9 +242,9 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
     let now_time = Time(jiff::Timestamp::now());
     let generation = policy.metadata.generation;
     let previous = policy.status.clone().unwrap_or_default();
+    // Between two ticks the containers' entries stay as the last tick wrote them.
     let mut status = ScalingPolicyStatus {
         observed_generation: generation,
-        containers: Vec::new(),
         ..previous.clone()
     };
     if spec.mode != ScalingMode::InPlaceOrRecreate {
@@ -347,7 +364,6 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
                 ),
                 now_time.clone(),
             );
-            status.containers = previous.containers;
             write_status(&context, &policy, &status).await?;
             return Ok(Action::requeue(interval));
         }
@@ -1291,18 +1307,18 @@ pub fn targets(spec: &ScalingPolicySpec, labels: &BTreeMap<String, String>) -> b
     }
 }
 
-/// The WorkModel or App (`kind`) whose pod templates `policy` may override: its target
-/// when the policy is `InPlaceOrRecreate` or still lists template recommendations (so that
-/// their removal reaches the template too). `(namespace, name)`.
+/// The WorkModel or App (`kind`) whose pod templates a change of `policy` may change: its
+/// target while its status lists template recommendations. That covers their arrival, a
+/// change of mode (the builders drop them before the status does) and the policy's deletion
+/// (the deleted object still lists them); policies without any never trigger a rebuild.
+/// `(namespace, name)`.
 pub fn template_target(policy: &ScalingPolicy, kind: TargetKind) -> Option<(String, String)> {
     let target = &policy.spec.target_ref;
     let recommends = policy
         .status
         .as_ref()
         .is_some_and(|s| !s.template_recommendations.is_empty());
-    if target.kind != Some(kind)
-        || !(recommends || policy.spec.mode == ScalingMode::InPlaceOrRecreate)
-    {
+    if target.kind != Some(kind) || !recommends {
         return None;
     }
     Some((policy.namespace()?, target.name.clone()?))
@@ -1670,7 +1686,11 @@ mod tests {
         assert_eq!(target(&policies[0], TargetKind::App), None);
         // Left InPlaceOrRecreate with recommendations still listed: their removal must roll.
         assert!(target(&policies[1], TargetKind::WorkModel).is_some());
-        let plain = policy("e", "InPlace", shop, false);
-        assert_eq!(target(&plain, TargetKind::WorkModel), None);
+        let plain = policy("e", "InPlaceOrRecreate", shop, false);
+        assert_eq!(
+            target(&plain, TargetKind::WorkModel),
+            None,
+            "nothing to put in"
+        );
     }
 }

@@ -199,7 +199,10 @@ pub struct ScalingPolicySpec {
 
     /// `InPlace` (default): resize running pods without restarting them. `Off`: only compute
     /// and report recommendations in the status. `InPlaceOrRecreate`: resize in place, and
-    /// when the node cannot, change the workload's template so new pods get the size.
+    /// where that is impossible (the kubelet answers `Infeasible`, or a memory decrease the
+    /// container's `resizePolicy` forbids in place) put the size into the WorkModel's or
+    /// App's pod template (`status.templateRecommendations`), which recreates its pods. In
+    /// every mode but `Off`, a pod that appears later gets its workload's size at once.
     #[serde(default)]
     pub mode: ScalingMode,
 
@@ -349,7 +352,8 @@ pub enum ScalingMode {
     /// Resize running pods in place, never restarting or evicting them.
     #[default]
     InPlace,
-    /// Resize in place; where the node cannot, change the workload so new pods get the size.
+    /// Resize in place; where that is impossible, put the size into the WorkModel's or
+    /// App's pod template, so its pods are recreated at it.
     InPlaceOrRecreate,
 }
 
