@@ -454,7 +454,7 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
             for decision in &tick.decisions {
                 record_given(&pods, decision, &mut status);
             }
-            recommend(&context, &policy, &tick.decisions).await;
+            recommend(&context, &policy, &tick.decisions, &pods).await;
         }
         _ => {
             let target = Applying {
@@ -579,7 +579,7 @@ async fn adopt_new_pods(
         .map(|pod| pod_id(pod))
         .collect();
     if policy.spec.mode == ScalingMode::Off {
-        recommend(context, policy, &decisions).await;
+        recommend(context, policy, &decisions, pods).await;
         settled.extend(fresh.iter().map(|pod| pod_id(pod)));
     } else if !decisions.is_empty() {
         let interval = policy.spec.interval.get().max(Duration::from_millis(500));
@@ -1043,7 +1043,12 @@ fn action_labels(decisions: &[&Decision]) -> Vec<(&'static str, bool)> {
 
 /// `mode: Off`: every decision is a recommendation only — counted, logged and recorded as an
 /// Event; the status carries the recommended sizes.
-async fn recommend(context: &Context, policy: &ScalingPolicy, decisions: &[Decision]) {
+async fn recommend(
+    context: &Context,
+    policy: &ScalingPolicy,
+    decisions: &[Decision],
+    pods: &[Pod],
+) {
     for decision in decisions {
         let description = decision
             .changes
@@ -1071,9 +1076,13 @@ async fn recommend(context: &Context, policy: &ScalingPolicy, decisions: &[Decis
             reason = "Recommended",
             "{description} (mode Off: not applied)"
         );
-        publish(
+        let pod = pods
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(decision.key.pod.as_str()));
+        publish_about(
             context,
             policy,
+            pod,
             EventType::Normal,
             "Recommended",
             format!("{description} (mode Off: not applied)"),

@@ -498,10 +498,27 @@ spec:
         0.0,
         "mode Off applies nothing: {text}"
     );
-    // Several intervals later the pod is untouched.
+    // A new pod is only recorded too: the size its workload would get, as an Event.
+    running_pod(&cluster, "web-1", "s0", json!({}));
+    eventually("the new pod's recommendation", WAIT, || {
+        events_with_reason(&cluster, "Recommended")
+            .iter()
+            .any(|e| {
+                e["note"].as_str().is_some_and(|n| {
+                    n.contains("web-1/cell cpu 500m→1250m") && n.contains("new pod")
+                })
+            })
+            .then_some(())
+    });
+    // Several intervals later the pods are untouched.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         limit(&cluster, "web-0", "cpu"),
+        0.5,
+        "mode Off resized a pod"
+    );
+    assert_eq!(
+        limit(&cluster, "web-1", "cpu"),
         0.5,
         "mode Off resized a pod"
     );
@@ -542,6 +559,7 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
         ("mem-0".into(), 0.1, 60.0 * 1024.0 * 1024.0),
         ("tight-0".into(), 0.5, 0.0),
         ("re-0".into(), 0.5, 0.0),
+        ("old-0".into(), 0.5, 0.0),
     ]));
     let prometheus = fake_prometheus_per_pod(usages.clone());
     for pod in ["web-0", "web-1", "web-2"] {
@@ -549,6 +567,16 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
     }
     running_pod(&cluster, "big-0", "s1", json!({}));
     running_pod(&cluster, "re-0", "s4", json!({}));
+    // A pod whose node does not report its containers' resources: the API server refuses
+    // every resize of it ("Pod running on node without support for resize").
+    running_pod(&cluster, "old-0", "s5", json!({}));
+    patch_status(
+        &cluster,
+        "old-0",
+        &json!({"status": {"containerStatuses": [{
+            "name": "cell", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-11-23T10:00:00Z"}}, "resources": null}]}}),
+    );
     // WorkModel shop's service s4 (its Deployment is the operator's; no Deployment
     // controller runs here, so re-0 stands for its pod).
     cluster.apply(
@@ -625,6 +653,14 @@ spec:
     cluster.apply(
         NS,
         &policy("tight", "s3", "  cpu: {min: 100m, max: \"2\", upEvents: 2}"),
+    );
+    cluster.apply(
+        NS,
+        &policy(
+            "refused",
+            "s5",
+            "  cpu: {min: 100m, max: \"2\", upEvents: 1}",
+        ),
     );
     cluster.apply(
         NS,
@@ -782,6 +818,31 @@ spec:
         0.0,
         "{text}"
     );
+
+    // Refused resizes: old-0's is sent again with backoff (the failures go on being
+    // counted) but its Warning Event is published once, for the one target (a second
+    // publication would turn the Event into a series).
+    eventually("old-0's resize refused a few times", WAIT, || {
+        let (_, text) = operator.http_get("/metrics");
+        (metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="failed"}"#,
+        ) >= 3.0)
+            .then_some(())
+    });
+    let refused = events_with_reason(&cluster, "ResizeRefused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("old-0/cell") && n.contains("without support")),
+        "{refused:?}"
+    );
+    assert!(
+        refused[0]["series"].is_null(),
+        "published again: {refused:?}"
+    );
+    assert_eq!(limit(&cluster, "old-0", "cpu"), 0.5);
 
     // InPlaceOrRecreate: re-0's resize is Infeasible on its node → the size goes into the
     // Deployment's pod template, once: the WorkModel controller, which server-side-applies
