@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cellmesh_api::crd::scaling::{ContainerSize, Resource, WorkloadSize};
+use cellmesh_api::crd::scaling::{ContainerSize, Resource, ScalingPolicySpec, WorkloadSize};
 use cellmesh_api::quantity;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
@@ -103,9 +103,11 @@ pub fn container_size(size: &Size) -> ContainerSize {
 }
 
 /// The resizes that give a new `pod` the sizes its workload's containers were given
-/// (`sizes`, the policy's `status.sizes`): one decision per container that differs. The
-/// request keeps the pod's own request:limit ratio, so its QoS class is kept.
-pub fn adopt(pod: &Pod, sizes: &[WorkloadSize]) -> Vec<Decision> {
+/// (`sizes`, the policy's `status.sizes`): one decision per container that differs. Only
+/// resources `policy` still guards, clamped to its current `min`/`max` (the policy may have
+/// changed since the size was given). The request keeps the pod's own request:limit ratio,
+/// so its QoS class is kept.
+pub fn adopt(pod: &Pod, sizes: &[WorkloadSize], policy: &ScalingPolicySpec) -> Vec<Decision> {
     let (Some(name), Some(workload)) = (pod.metadata.name.as_deref(), workload_of(pod)) else {
         return Vec::new();
     };
@@ -123,7 +125,9 @@ pub fn adopt(pod: &Pod, sizes: &[WorkloadSize]) -> Vec<Decision> {
             let changes: Vec<Change> = [Resource::Cpu, Resource::Memory]
                 .into_iter()
                 .filter_map(|resource| {
-                    let target = quantity::parse(&given.resource(resource)?.limit.0).ok()?;
+                    let bounds = rescale::Bounds::from_policy(policy.resource(resource)?).ok()?;
+                    let given = quantity::parse(&given.resource(resource)?.limit.0).ok()?;
+                    let target = bounds.clamp(resource, given);
                     let current = observed(container, resource, None);
                     let limit = current.limit.filter(|l| *l > 0.0)?;
                     if (target - limit).abs() < rescale::grid(resource) / 2.0 {
@@ -753,7 +757,11 @@ mod tests {
     fn a_new_pod_gets_its_workload_s_size_at_its_own_request_ratio() {
         let mut pod = running_pod();
         pod.metadata.labels = Some([(SERVICE_LABEL.to_owned(), "s0".to_owned())].into());
-        let decisions = adopt(&pod, &sizes("s0", "1250m"));
+        let policy: ScalingPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"kind": "WorkModel", "name": "shop"},
+            "cpu": {"min": "100m", "max": "2"}}))
+        .unwrap();
+        let decisions = adopt(&pod, &sizes("s0", "1250m"), &policy);
         assert_eq!(decisions.len(), 1, "{decisions:?}");
         assert_eq!(decisions[0].key, ContainerKey::new("s0-abc", "cell"));
         let [change] = decisions[0].changes.as_slice() else {
@@ -775,8 +783,16 @@ mod tests {
             change.describe()
         );
         // Already at the size, or of another workload: nothing to do.
-        assert!(adopt(&pod, &sizes("s0", "0.5")).is_empty());
-        assert!(adopt(&pod, &sizes("s1", "1250m")).is_empty());
+        assert!(adopt(&pod, &sizes("s0", "0.5"), &policy).is_empty());
+        assert!(adopt(&pod, &sizes("s1", "1250m"), &policy).is_empty());
+        // A size above today's max is clamped to it; a resource no longer guarded is left.
+        let capped = adopt(&pod, &sizes("s0", "8"), &policy);
+        assert_eq!(capped[0].changes[0].to.limit.0, "2");
+        let memory_only: ScalingPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"kind": "WorkModel", "name": "shop"},
+            "memory": {"min": "64Mi", "max": "1Gi"}}))
+        .unwrap();
+        assert!(adopt(&pod, &sizes("s0", "1250m"), &memory_only).is_empty());
     }
 
     #[test]

@@ -570,7 +570,7 @@ async fn adopt_new_pods(
         .collect();
     let decisions: Vec<Decision> = fresh
         .iter()
-        .flat_map(|pod| scaler::adopt(pod, &status.sizes))
+        .flat_map(|pod| scaler::adopt(pod, &status.sizes, &policy.spec))
         .collect();
     let mut resized = BTreeMap::new();
     let mut settled: BTreeSet<String> = fresh
