@@ -8,15 +8,194 @@
 //! seen the patched generation; `PodResizePending` (`Deferred` / `Infeasible`) and
 //! `PodResizeInProgress` say where it stands; `status.containerStatuses[].resources` is the
 //! size really in force.
+//!
+//! Besides the Guardian's decisions it sizes *new* pods: a pod of a workload that appears
+//! after the policy gave the workload's containers a size ([`adopt`]) gets that size at
+//! once. A patch the API server refuses is sent again only after [`refusal_backoff`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use cellmesh_api::crd::scaling::{ContainerSize, Resource, ScalingPolicySpec, WorkloadSize};
+use cellmesh_api::quantity;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use serde_json::{Value, json};
 
-use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed};
-use cellmesh_api::crd::scaling::Resource;
+use crate::build::{APP_LABEL, SERVICE_LABEL};
+use crate::guardian::rescale;
+use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed, Reason, Size};
+
+/// A refused patch is sent again after at most this many intervals.
+pub const MAX_BACKOFF_INTERVALS: u32 = 10;
+
+/// How long to wait before sending again a patch the API server refused `failures` times in
+/// a row: one interval, then 2, 4, 8, … intervals, at most [`MAX_BACKOFF_INTERVALS`].
+pub fn refusal_backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(MAX_BACKOFF_INTERVALS);
+    interval.saturating_mul(factor)
+}
+
+/// The workload a pod belongs to, whose pods share a size: its WorkModel service, its App,
+/// or the Deployment (the ReplicaSet owner's name less the pod-template hash) or other
+/// controller that owns it. A bare pod has none.
+pub fn workload_of(pod: &Pod) -> Option<String> {
+    let labels = pod.metadata.labels.as_ref();
+    let label = |key: &str| labels.and_then(|l| l.get(key)).cloned();
+    if let Some(workload) = label(SERVICE_LABEL).or_else(|| label(APP_LABEL)) {
+        return Some(workload);
+    }
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let deployment = label("pod-template-hash")
+        .filter(|_| owner.kind == "ReplicaSet")
+        .and_then(|hash| owner.name.strip_suffix(&format!("-{hash}")));
+    Some(deployment.unwrap_or(&owner.name).to_owned())
+}
+
+/// Records `size` as the size of `resource` of `container` in `workload`, keeping `sizes`
+/// sorted; whether anything changed.
+pub fn record_size(
+    sizes: &mut Vec<WorkloadSize>,
+    workload: &str,
+    container: &str,
+    resource: Resource,
+    size: ContainerSize,
+) -> bool {
+    let at = sizes.binary_search_by(|s| {
+        (s.workload.as_str(), s.container.as_str()).cmp(&(workload, container))
+    });
+    let entry = match at {
+        Ok(i) => &mut sizes[i],
+        Err(i) => {
+            sizes.insert(
+                i,
+                WorkloadSize {
+                    workload: workload.to_owned(),
+                    container: container.to_owned(),
+                    ..WorkloadSize::default()
+                },
+            );
+            &mut sizes[i]
+        }
+    };
+    let slot = entry.resource_mut(resource);
+    if slot.as_ref() == Some(&size) {
+        return false;
+    }
+    *slot = Some(size);
+    true
+}
+
+/// A [`Change`]'s target as a status size.
+pub fn container_size(size: &Size) -> ContainerSize {
+    ContainerSize {
+        request: size.request.clone(),
+        limit: size.limit.clone(),
+    }
+}
+
+/// The resizes that give a new `pod` the sizes its workload's containers were given
+/// (`sizes`, the policy's `status.sizes`): one decision per container that differs. Only
+/// resources `policy` still guards, clamped to its current `min`/`max` (the policy may have
+/// changed since the size was given). The request keeps the pod's own request:limit ratio,
+/// so its QoS class is kept.
+pub fn adopt(pod: &Pod, sizes: &[WorkloadSize], policy: &ScalingPolicySpec) -> Vec<Decision> {
+    let (Some(name), Some(workload)) = (pod.metadata.name.as_deref(), workload_of(pod)) else {
+        return Vec::new();
+    };
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    containers
+        .iter()
+        .filter_map(|container| {
+            let given = sizes
+                .iter()
+                .find(|s| s.workload == workload && s.container == container.name)?;
+            let changes: Vec<Change> = [Resource::Cpu, Resource::Memory]
+                .into_iter()
+                .filter_map(|resource| {
+                    let bounds = rescale::Bounds::from_policy(policy.resource(resource)?).ok()?;
+                    let given = quantity::parse(&given.resource(resource)?.limit.0).ok()?;
+                    let target = bounds.clamp(resource, given);
+                    let current = observed(container, resource, None);
+                    let limit = current.limit.filter(|l| *l > 0.0)?;
+                    if (target - limit).abs() < rescale::grid(resource) / 2.0 {
+                        return None;
+                    }
+                    let format = |value: f64| match resource {
+                        Resource::Cpu => quantity::cpu(value),
+                        Resource::Memory => quantity::memory(value),
+                    };
+                    Some(Change {
+                        resource,
+                        from: Size {
+                            request: current.request.map(format),
+                            limit: format(limit),
+                        },
+                        to: Size {
+                            request: current.request.map(|request| {
+                                format(rescale::scaled_request(resource, request, limit, target))
+                            }),
+                            limit: format(target),
+                        },
+                        reason: Reason::NewPod,
+                    })
+                })
+                .collect();
+            (!changes.is_empty()).then(|| Decision {
+                key: ContainerKey::new(name, &container.name),
+                changes,
+            })
+        })
+        .collect()
+}
+
+/// The sizes a pod's spec asks for but the kubelet does not apply (the resize it called
+/// `Infeasible`): per container and resource whose limit in the spec differs from the one
+/// in force.
+pub fn unapplied_sizes(pod: &Pod) -> Vec<(String, Resource, ContainerSize)> {
+    let actual = in_force(pod);
+    let (Some(spec), Some(actual)) = (pod.spec.as_ref(), actual.spec.as_ref()) else {
+        return Vec::new();
+    };
+    let mut unapplied = Vec::new();
+    for (wanted, in_force) in spec.containers.iter().zip(&actual.containers) {
+        for resource in [Resource::Cpu, Resource::Memory] {
+            let wanted_size = observed(wanted, resource, None);
+            let actual_size = observed(in_force, resource, None);
+            let (Some(limit), Some(actual_limit)) = (wanted_size.limit, actual_size.limit) else {
+                continue;
+            };
+            if (limit - actual_limit).abs() < rescale::grid(resource) / 2.0 {
+                continue;
+            }
+            let format = |value: f64| match resource {
+                Resource::Cpu => quantity::cpu(value),
+                Resource::Memory => quantity::memory(value),
+            };
+            unapplied.push((
+                wanted.name.clone(),
+                resource,
+                ContainerSize {
+                    request: wanted_size.request.map(format),
+                    limit: format(limit),
+                },
+            ));
+        }
+    }
+    unapplied
+}
 
 /// Pod condition: a resize the kubelet has not admitted (reason `Deferred` or `Infeasible`).
 pub const POD_RESIZE_PENDING: &str = "PodResizePending";
@@ -326,7 +505,6 @@ fn observed(container: &Container, resource: Resource, usage: Option<f64>) -> Ob
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guardian::{Reason, Size};
     use cellmesh_api::service::Quantity;
 
     fn pod(value: Value) -> Pod {
@@ -520,5 +698,174 @@ mod tests {
             observation.last_oom.as_deref(),
             Some("2026-11-23T10:00:00Z")
         );
+    }
+
+    #[test]
+    fn refused_patches_back_off_exponentially_up_to_ten_intervals() {
+        let interval = Duration::from_secs(5);
+        let schedule: Vec<u64> = (1..=7)
+            .map(|failures| refusal_backoff(interval, failures).as_secs())
+            .collect();
+        assert_eq!(schedule, [5, 10, 20, 40, 50, 50, 50]);
+        assert_eq!(refusal_backoff(interval, 0), interval);
+        assert_eq!(refusal_backoff(interval, u32::MAX), interval * 10);
+        assert_eq!(
+            refusal_backoff(Duration::from_millis(500), 3),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn a_pod_s_workload_is_its_service_app_or_deployment() {
+        let with = |meta: Value| pod(json!({"metadata": meta}));
+        assert_eq!(
+            workload_of(&with(
+                json!({"labels": {SERVICE_LABEL: "s0", APP_LABEL: "x"}})
+            )),
+            Some("s0".into())
+        );
+        assert_eq!(
+            workload_of(&with(json!({"labels": {APP_LABEL: "scorer"}}))),
+            Some("scorer".into())
+        );
+        let owned = |kind: &str, name: &str| {
+            with(json!({"labels": {"pod-template-hash": "7d9f"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name,
+                                     "uid": "u", "controller": true}]}))
+        };
+        assert_eq!(
+            workload_of(&owned("ReplicaSet", "web-7d9f")),
+            Some("web".into())
+        );
+        assert_eq!(workload_of(&owned("StatefulSet", "db")), Some("db".into()));
+        assert_eq!(workload_of(&with(json!({"name": "bare"}))), None);
+    }
+
+    fn sizes(workload: &str, cpu_limit: &str) -> Vec<WorkloadSize> {
+        vec![WorkloadSize {
+            workload: workload.into(),
+            container: "cell".into(),
+            cpu: Some(ContainerSize {
+                request: Some(Quantity("1".into())),
+                limit: Quantity(cpu_limit.into()),
+            }),
+            memory: None,
+        }]
+    }
+
+    #[test]
+    fn a_new_pod_gets_its_workload_s_size_at_its_own_request_ratio() {
+        let mut pod = running_pod();
+        pod.metadata.labels = Some([(SERVICE_LABEL.to_owned(), "s0".to_owned())].into());
+        let policy: ScalingPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"kind": "WorkModel", "name": "shop"},
+            "cpu": {"min": "100m", "max": "2"}}))
+        .unwrap();
+        let decisions = adopt(&pod, &sizes("s0", "1250m"), &policy);
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!(decisions[0].key, ContainerKey::new("s0-abc", "cell"));
+        let [change] = decisions[0].changes.as_slice() else {
+            panic!("one change: {decisions:?}")
+        };
+        assert_eq!(
+            change.resource,
+            Resource::Cpu,
+            "memory has no size: untouched"
+        );
+        assert_eq!(change.reason, Reason::NewPod);
+        assert_eq!(change.from.limit.0, "500m");
+        assert_eq!(change.to.limit.0, "1250m");
+        // 250m:500m, not the sibling's recorded request: the QoS class is the pod's own.
+        assert_eq!(change.to.request.as_ref().unwrap().0, "625m");
+        assert!(
+            change.describe().contains("new pod"),
+            "{}",
+            change.describe()
+        );
+        // Already at the size, or of another workload: nothing to do.
+        assert!(adopt(&pod, &sizes("s0", "0.5"), &policy).is_empty());
+        assert!(adopt(&pod, &sizes("s1", "1250m"), &policy).is_empty());
+        // A size above today's max is clamped to it; a resource no longer guarded is left.
+        let capped = adopt(&pod, &sizes("s0", "8"), &policy);
+        assert_eq!(capped[0].changes[0].to.limit.0, "2");
+        let memory_only: ScalingPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"kind": "WorkModel", "name": "shop"},
+            "memory": {"min": "64Mi", "max": "1Gi"}}))
+        .unwrap();
+        assert!(adopt(&pod, &sizes("s0", "1250m"), &memory_only).is_empty());
+    }
+
+    #[test]
+    fn sizes_are_recorded_once_per_workload_container_and_resource() {
+        let mut list = Vec::new();
+        let size = |limit: &str| ContainerSize {
+            request: None,
+            limit: Quantity(limit.into()),
+        };
+        assert!(record_size(
+            &mut list,
+            "b",
+            "cell",
+            Resource::Cpu,
+            size("1")
+        ));
+        assert!(record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Cpu,
+            size("2")
+        ));
+        assert!(record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Memory,
+            size("1Gi")
+        ));
+        assert!(!record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Memory,
+            size("1Gi")
+        ));
+        assert!(record_size(
+            &mut list,
+            "a",
+            "cell",
+            Resource::Cpu,
+            size("3")
+        ));
+        let workloads: Vec<&str> = list.iter().map(|s| s.workload.as_str()).collect();
+        assert_eq!(workloads, ["a", "b"], "sorted, one entry each");
+        assert_eq!(list[0].cpu.as_ref().unwrap().limit.0, "3");
+        assert_eq!(list[0].memory.as_ref().unwrap().limit.0, "1Gi");
+    }
+
+    #[test]
+    fn the_unapplied_sizes_of_an_infeasible_resize_come_from_the_spec() {
+        assert!(unapplied_sizes(&running_pod()).is_empty());
+        let mut pod = running_pod();
+        let resources = pod.spec.as_mut().unwrap().containers[0]
+            .resources
+            .as_mut()
+            .unwrap();
+        resources
+            .limits
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("64".into()));
+        resources
+            .requests
+            .as_mut()
+            .unwrap()
+            .insert("cpu".into(), KubeQuantity("32".into()));
+        let unapplied = unapplied_sizes(&pod);
+        assert_eq!(unapplied.len(), 1, "{unapplied:?}");
+        let (container, resource, size) = &unapplied[0];
+        assert_eq!((container.as_str(), *resource), ("cell", Resource::Cpu));
+        assert_eq!(size.limit.0, "64");
+        assert_eq!(size.request.as_ref().unwrap().0, "32");
     }
 }

@@ -56,6 +56,9 @@ pub enum ScalingResult {
     Failed,
     /// `mode: Off`: written into the status only.
     Recommended,
+    /// `mode: InPlaceOrRecreate`: impossible in place, so written into the workload's pod
+    /// template (its pods are recreated at the new size).
+    Template,
 }
 
 impl ScalingResult {
@@ -67,6 +70,7 @@ impl ScalingResult {
             Self::Deferred => "deferred",
             Self::Failed => "failed",
             Self::Recommended => "recommended",
+            Self::Template => "template",
         }
     }
 }

@@ -99,7 +99,8 @@ fn check_golden(name: &str, actual: &str) {
 fn the_chain_workmodel_builds_its_golden_objects() {
     let wm: WorkModel = stored("workmodels/chain.yaml");
     let profiles = BTreeMap::from([("fast".to_owned(), profile("fast"))]);
-    let desired = build::workmodel::build(&wm, &profiles, &settings()).unwrap();
+    let desired =
+        build::workmodel::build(&wm, &profiles, &settings(), &Default::default()).unwrap();
     assert_eq!(desired.deployments.len(), 3);
     assert_eq!(desired.services.len(), 4, "three services and the gateway");
     check_golden("chain.objects.yaml", &to_yaml(&desired));
@@ -108,7 +109,8 @@ fn the_chain_workmodel_builds_its_golden_objects() {
 #[test]
 fn the_teastore_workmodel_builds_its_golden_objects() {
     let wm: WorkModel = stored("workmodels/mubench-teastore-emulation.yaml");
-    let desired = build::workmodel::build(&wm, &BTreeMap::new(), &settings()).unwrap();
+    let desired =
+        build::workmodel::build(&wm, &BTreeMap::new(), &settings(), &Default::default()).unwrap();
     assert_eq!(desired.deployments.len(), wm.spec.services.len());
     check_golden("teastore.objects.yaml", &to_yaml(&desired));
 }
@@ -117,6 +119,6 @@ fn the_teastore_workmodel_builds_its_golden_objects() {
 fn the_scorer_app_builds_its_golden_objects() {
     let app: App = stored("apps/scorer.yaml");
     let batch = profile("batch");
-    let desired = build::app::build(&app, Some(&batch), &settings()).unwrap();
+    let desired = build::app::build(&app, Some(&batch), &settings(), &Default::default()).unwrap();
     check_golden("scorer.objects.yaml", &to_yaml(&desired));
 }

@@ -203,6 +203,38 @@ spec:
         "{metrics}"
     );
 
+    // A new pod of the same service appears (a replica added) at the template's size. Its
+    // usage is not even known yet (Prometheus answers for web-0 only), so no event can
+    // resize it: it gets its workload's size at once, in place (same uid), with its own
+    // request:limit ratio, and the Event says why.
+    let sizes = &sp["status"]["sizes"][0];
+    assert_eq!(sizes["workload"], "s0", "{}", sp["status"]);
+    assert_eq!(sizes["cpu"]["limit"], "1250m", "{}", sp["status"]);
+    running_pod(&cluster, "web-1", "s0", json!({}));
+    let uid = cluster.get(NS, "pod/web-1").unwrap()["metadata"]["uid"].clone();
+    eventually("the new pod at its workload's size", WAIT, || {
+        (limit(&cluster, "web-1", "cpu") == 1.25).then_some(())
+    });
+    let pod = cluster.get(NS, "pod/web-1").unwrap();
+    assert_eq!(
+        pod["metadata"]["uid"], uid,
+        "resized in place, not recreated"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+        "625m"
+    );
+    eventually("the new pod's Resized Event", WAIT, || {
+        events_with_reason(&cluster, "Resized")
+            .iter()
+            .any(|e| {
+                e["note"].as_str().is_some_and(|n| {
+                    n.contains("web-1/cell cpu 500m→1250m") && n.contains("new pod")
+                })
+            })
+            .then_some(())
+    });
+
     // Prometheus fails: the policy says so and holds, even though usage would scale.
     *answer.lock().unwrap() = Err("query processing would load too many samples".into());
     let sp = eventually("MetricsAvailable=False", WAIT, || {
@@ -466,10 +498,27 @@ spec:
         0.0,
         "mode Off applies nothing: {text}"
     );
-    // Several intervals later the pod is untouched.
+    // A new pod is only recorded too: the size its workload would get, as an Event.
+    running_pod(&cluster, "web-1", "s0", json!({}));
+    eventually("the new pod's recommendation", WAIT, || {
+        events_with_reason(&cluster, "Recommended")
+            .iter()
+            .any(|e| {
+                e["note"].as_str().is_some_and(|n| {
+                    n.contains("web-1/cell cpu 500m→1250m") && n.contains("new pod")
+                })
+            })
+            .then_some(())
+    });
+    // Several intervals later the pods are untouched.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         limit(&cluster, "web-0", "cpu"),
+        0.5,
+        "mode Off resized a pod"
+    );
+    assert_eq!(
+        limit(&cluster, "web-1", "cpu"),
         0.5,
         "mode Off resized a pod"
     );
@@ -509,12 +558,43 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
         ("big-0".into(), 0.5, 0.0),
         ("mem-0".into(), 0.1, 60.0 * 1024.0 * 1024.0),
         ("tight-0".into(), 0.5, 0.0),
+        ("re-0".into(), 0.5, 0.0),
+        ("old-0".into(), 0.5, 0.0),
     ]));
     let prometheus = fake_prometheus_per_pod(usages.clone());
     for pod in ["web-0", "web-1", "web-2"] {
         running_pod(&cluster, pod, "s0", json!({}));
     }
     running_pod(&cluster, "big-0", "s1", json!({}));
+    running_pod(&cluster, "re-0", "s4", json!({}));
+    // A pod whose node does not report its containers' resources: the API server refuses
+    // every resize of it ("Pod running on node without support for resize").
+    running_pod(&cluster, "old-0", "s5", json!({}));
+    patch_status(
+        &cluster,
+        "old-0",
+        &json!({"status": {"containerStatuses": [{
+            "name": "cell", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-11-23T10:00:00Z"}}, "resources": null}]}}),
+    );
+    // WorkModel shop's service s4 (its Deployment is the operator's; no Deployment
+    // controller runs here, so re-0 stands for its pod).
+    cluster.apply(
+        NS,
+        r#"
+apiVersion: cellmesh.io/v1alpha1
+kind: WorkModel
+metadata:
+  name: shop
+spec:
+  services:
+    s4:
+      internalService: {computePi: {}}
+      resources:
+        requests: {cpu: 250m, memory: 64Mi}
+        limits: {cpu: 500m, memory: 128Mi}
+"#,
+    );
     // An 800m node already holding other-0's 250m request (and tight-0's own 250m).
     cluster.apply(
         NS, // ignored: Nodes are cluster-scoped
@@ -573,6 +653,22 @@ spec:
     cluster.apply(
         NS,
         &policy("tight", "s3", "  cpu: {min: 100m, max: \"2\", upEvents: 2}"),
+    );
+    cluster.apply(
+        NS,
+        &policy(
+            "refused",
+            "s5",
+            "  cpu: {min: 100m, max: \"2\", upEvents: 1}",
+        ),
+    );
+    cluster.apply(
+        NS,
+        &policy(
+            "recreate",
+            "s4",
+            "  mode: InPlaceOrRecreate\n  cpu: {min: 100m, max: \"64\", upEvents: 2}",
+        ),
     );
     let operator = cluster.operator("solo", &[]);
 
@@ -720,6 +816,111 @@ spec:
             r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="failed"}"#
         ),
         0.0,
+        "{text}"
+    );
+
+    // Refused resizes: old-0's is sent again with backoff (the failures go on being
+    // counted) but its Warning Event is published once, for the one target (a second
+    // publication would turn the Event into a series).
+    eventually("old-0's resize refused a few times", WAIT, || {
+        let (_, text) = operator.http_get("/metrics");
+        (metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="failed"}"#,
+        ) >= 3.0)
+            .then_some(())
+    });
+    let refused = events_with_reason(&cluster, "ResizeRefused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("old-0/cell") && n.contains("without support")),
+        "{refused:?}"
+    );
+    assert!(
+        refused[0]["series"].is_null(),
+        "published again: {refused:?}"
+    );
+    assert_eq!(limit(&cluster, "old-0", "cpu"), 0.5);
+
+    // InPlaceOrRecreate: re-0's resize is Infeasible on its node → the size goes into the
+    // Deployment's pod template, once: the WorkModel controller, which server-side-applies
+    // that Deployment with force, builds it with the policy's template recommendation, so the
+    // two never fight (the generation stays put while both keep reconciling).
+    let template_cpu = |d: &Value| {
+        let resources = &d["spec"]["template"]["spec"]["containers"][0]["resources"];
+        (
+            resources["limits"]["cpu"].as_str().unwrap_or("").to_owned(),
+            resources["requests"]["cpu"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        )
+    };
+    let before = eventually("Deployment s4 built", WAIT, || {
+        cluster.get(NS, "deployment/s4")
+    });
+    assert_eq!(template_cpu(&before), ("500m".into(), "250m".into()));
+    eventually("re-0 resized in place first", WAIT, || {
+        (limit(&cluster, "re-0", "cpu") == 1.25).then_some(())
+    });
+    patch_status(
+        &cluster,
+        "re-0",
+        &json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "PodResizePending", "status": "True", "reason": "Infeasible",
+             "message": "Node didn't have enough capacity: cpu, requested: 1250, capacity: 1000"}]}}),
+    );
+    let rolled = eventually("the template carries the size", WAIT, || {
+        let d = cluster.get(NS, "deployment/s4")?;
+        (template_cpu(&d) == ("1250m".into(), "625m".into())).then_some(d)
+    });
+    let generation = rolled["metadata"]["generation"].as_i64().unwrap();
+    assert_eq!(
+        generation,
+        before["metadata"]["generation"].as_i64().unwrap() + 1,
+        "the template changed once"
+    );
+    let sp = cluster.get(NS, "scalingpolicy/recreate").unwrap();
+    let recommendation = &sp["status"]["templateRecommendations"][0];
+    assert_eq!(recommendation["workload"], "s4", "{}", sp["status"]);
+    assert_eq!(recommendation["cpu"]["limit"], "1250m", "{}", sp["status"]);
+    eventually("the TemplateUpdated Event", WAIT, || {
+        events_with_reason(&cluster, "TemplateUpdated")
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("s4/cell cpu"))
+            })
+            .then_some(())
+    });
+    // Several reconciles of both controllers later (every status write of the policy
+    // triggers the WorkModel's), the template and its generation have not moved.
+    let workmodel_reconciles = |text: &str| {
+        metric_value(
+            text,
+            r#"cellmesh_operator_reconciles_total{controller="workmodel"}"#,
+        )
+    };
+    let (_, text) = operator.http_get("/metrics");
+    let reconciles = workmodel_reconciles(&text);
+    eventually("several more WorkModel reconciles", WAIT, || {
+        let (_, text) = operator.http_get("/metrics");
+        (workmodel_reconciles(&text) >= reconciles + 3.0).then_some(())
+    });
+    let d = cluster.get(NS, "deployment/s4").unwrap();
+    assert_eq!(d["metadata"]["generation"].as_i64().unwrap(), generation);
+    assert_eq!(template_cpu(&d), ("1250m".into(), "625m".into()));
+    let (_, text) = operator.http_get("/metrics");
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="template"}"#
+        ),
+        1.0,
         "{text}"
     );
 }

@@ -210,7 +210,10 @@ pub struct ScalingPolicySpec {
 
     /// `InPlace` (default): resize running pods without restarting them. `Off`: only compute
     /// and report recommendations in the status. `InPlaceOrRecreate`: resize in place, and
-    /// when the node cannot, change the workload's template so new pods get the size.
+    /// where that is impossible (the kubelet answers `Infeasible`, or a memory decrease the
+    /// container's `resizePolicy` forbids in place) put the size into the WorkModel's or
+    /// App's pod template (`status.templateRecommendations`), which recreates its pods. In
+    /// every mode but `Off`, a pod that appears later gets its workload's size at once.
     #[serde(default)]
     pub mode: ScalingMode,
 
@@ -362,7 +365,8 @@ pub enum ScalingMode {
     /// Resize running pods in place, never restarting or evicting them.
     #[default]
     InPlace,
-    /// Resize in place; where the node cannot, change the workload so new pods get the size.
+    /// Resize in place; where that is impossible, put the size into the WorkModel's or
+    /// App's pod template, so its pods are recreated at it.
     InPlaceOrRecreate,
 }
 
@@ -656,6 +660,69 @@ pub struct ScalingPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "container_statuses_schema")]
     pub containers: Vec<ContainerScalingStatus>,
+    /// Per workload (a WorkModel service, an App, or for selector targets the Deployment of
+    /// the pods) and container: the size this policy last gave its containers. A pod of the
+    /// workload that appears later (a replica added, a pod recreated) is resized to it in
+    /// place at once, without waiting for events (with `mode: Off` it is only recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "workload_sizes_schema")]
+    pub sizes: Vec<WorkloadSize>,
+    /// `mode: InPlaceOrRecreate` only: sizes that could not be applied in place (the kubelet
+    /// answered `Infeasible`, or a memory decrease the container's `resizePolicy` forbids in
+    /// place). The WorkModel or App controller writes them into the workload's pod template,
+    /// so its pods are recreated at this size; for the containers listed they win over the
+    /// WorkModel's or App's `resources` (as with VPA, the autoscaler wins for the pods it
+    /// manages). Selector targets have no template the operator owns: there the fallback is
+    /// only reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "workload_sizes_schema")]
+    pub template_recommendations: Vec<WorkloadSize>,
+}
+
+/// The size of one container of a workload's pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSize {
+    /// The WorkModel service, the App, or (selector targets) the Deployment.
+    pub workload: String,
+    /// The container's name.
+    pub container: String,
+    /// CPU request and limit, when the policy sized CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<ContainerSize>,
+    /// Memory request and limit, when the policy sized memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ContainerSize>,
+}
+
+impl WorkloadSize {
+    /// The size of one resource.
+    pub fn resource(&self, resource: Resource) -> Option<&ContainerSize> {
+        match resource {
+            Resource::Cpu => self.cpu.as_ref(),
+            Resource::Memory => self.memory.as_ref(),
+        }
+    }
+
+    /// The size of one resource, to change.
+    pub fn resource_mut(&mut self, resource: Resource) -> &mut Option<ContainerSize> {
+        match resource {
+            Resource::Cpu => &mut self.cpu,
+            Resource::Memory => &mut self.memory,
+        }
+    }
+}
+
+/// A request and limit pair.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSize {
+    /// The request (kept at the container's original request:limit ratio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
+    pub request: Option<Quantity>,
+    /// The limit.
+    pub limit: Quantity,
 }
 
 /// What the Guardian knows about one container.
@@ -738,6 +805,16 @@ fn service_names_schema(_: &mut SchemaGenerator) -> Schema {
         "items": {"type": "string", "maxLength": MAX_NAME_LENGTH},
         "maxItems": MAX_SERVICES,
         "x-kubernetes-list-type": "set"
+    })
+}
+
+fn workload_sizes_schema(generator: &mut SchemaGenerator) -> Schema {
+    let item = generator.subschema_for::<WorkloadSize>();
+    json_schema!({
+        "type": "array",
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["workload", "container"]
     })
 }
 

@@ -22,8 +22,9 @@ use serde_json::json;
 
 use super::workmodel::BuildError;
 use super::{
-    CONFIG_DIR, Desired, GRPC_PORT, Owner, SERVICE_HTTP_PORT, Settings, cell_container,
-    config_volume, labels, owner_of, pod_annotations, profile_key, render_profile, stable_hash,
+    CONFIG_DIR, Desired, GRPC_PORT, Owner, ResourceOverrides, SERVICE_HTTP_PORT, Settings,
+    cell_container, config_volume, labels, override_resources, owner_of, pod_annotations,
+    profile_key, render_profile, stable_hash,
 };
 
 /// Key of the pipeline document in the App's ConfigMap.
@@ -42,11 +43,13 @@ pub fn endpoint(namespace: &str, name: &str, method: RequestMethod) -> String {
     }
 }
 
-/// The desired objects of `app`; `profile` is its dereferenced `profileRef`, if it has one.
+/// The desired objects of `app`; `profile` is its dereferenced `profileRef`, if it has one;
+/// `overrides` (keyed by the App's name) replace its resources in the pod template.
 pub fn build(
     app: &App,
     profile: Option<&ProfileSpec>,
     settings: &Settings,
+    overrides: &ResourceOverrides,
 ) -> Result<Desired, BuildError> {
     let owner = owner_of("App", app)?;
     let document = json!({
@@ -109,10 +112,12 @@ pub fn build(
         &selector,
         stable_hash(&document).map_err(|e| BuildError::Render(e.to_string()))?,
     );
+    let mut deployments = vec![deployment];
+    override_resources(&mut deployments, overrides);
     Ok(Desired {
         config_maps: vec![config_map],
         services: vec![service],
-        deployments: vec![deployment],
+        deployments,
     })
 }
 

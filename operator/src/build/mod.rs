@@ -11,7 +11,12 @@
 //! - pod templates carry `cellmesh.io/spec-hash`, a hash of exactly what the cell reads at
 //!   start (its service spec and how its callees are reached). A Profile lives only in the
 //!   ConfigMap (cells hot-reload it), so a Profile change never rolls pods, while an image,
-//!   port or call change does.
+//!   port or call change does;
+//! - [`ResourceOverrides`] (the template recommendations of ScalingPolicies in mode
+//!   `InPlaceOrRecreate`) replace the spec's requests and limits in the pod templates they
+//!   name: the autoscaler wins over the user's `resources` for the pods it manages, as with
+//!   VPA. They are an input like the spec, so the same policy status gives the same template
+//!   and the controllers never fight over it.
 
 pub mod app;
 pub mod workmodel;
@@ -74,6 +79,46 @@ impl Default for Settings {
 /// `ghcr.io/cellmesh/cell:<this operator's version>`.
 pub fn default_cell_image() -> String {
     format!("ghcr.io/cellmesh/cell:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Resources that win over the spec's in pod templates: per workload (the Deployment's name:
+/// a WorkModel service, or the App) and container, the requests and limits to set, by
+/// resource name (`cpu`, `memory`). Resources not named keep the spec's values.
+pub type ResourceOverrides = BTreeMap<String, BTreeMap<String, ResourceRequirements>>;
+
+/// Puts `overrides` into the pod templates of `deployments` (matched by Deployment name and
+/// container name).
+fn override_resources(deployments: &mut [Deployment], overrides: &ResourceOverrides) {
+    for deployment in deployments {
+        let Some(by_container) = deployment
+            .metadata
+            .name
+            .as_ref()
+            .and_then(|name| overrides.get(name))
+        else {
+            continue;
+        };
+        let containers = deployment
+            .spec
+            .iter_mut()
+            .flat_map(|spec| spec.template.spec.iter_mut())
+            .flat_map(|pod| pod.containers.iter_mut());
+        for container in containers {
+            let Some(wanted) = by_container.get(&container.name) else {
+                continue;
+            };
+            let resources = container.resources.get_or_insert_with(Default::default);
+            for (from, to) in [
+                (&wanted.requests, &mut resources.requests),
+                (&wanted.limits, &mut resources.limits),
+            ] {
+                if let Some(from) = from.as_ref().filter(|f| !f.is_empty()) {
+                    to.get_or_insert_with(BTreeMap::new)
+                        .extend(from.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+    }
 }
 
 /// Everything one WorkModel or App should own. Apply order is the field order: a pod must

@@ -30,9 +30,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::{
-    CONFIG_DIR, Desired, ENTRY_LABEL, GRPC_PORT, MissingMetadata, Owner, SERVICE_HTTP_PORT,
-    SERVICE_LABEL, Settings, cell_container, config_volume, labels, owner_of, pod_annotations,
-    profile_key, render_profile, stable_hash,
+    CONFIG_DIR, Desired, ENTRY_LABEL, GRPC_PORT, MissingMetadata, Owner, ResourceOverrides,
+    SERVICE_HTTP_PORT, SERVICE_LABEL, Settings, cell_container, config_volume, labels,
+    override_resources, owner_of, pod_annotations, profile_key, render_profile, stable_hash,
 };
 
 /// Key of the service specs in the config ConfigMap.
@@ -186,10 +186,12 @@ fn spec_hash(
 
 /// The desired objects of `wm`. `profiles` must hold every Profile its services reference
 /// (see [`referenced_profiles`]); `wm` must have passed [`crate::validate::workmodel`].
+/// `overrides` (keyed by service) replace the services' resources in the pod templates.
 pub fn build(
     wm: &WorkModel,
     profiles: &BTreeMap<String, ProfileSpec>,
     settings: &Settings,
+    overrides: &ResourceOverrides,
 ) -> Result<Desired, BuildError> {
     let owner = owner_of("WorkModel", wm)?;
     let services = effective_services(&wm.spec);
@@ -215,6 +217,7 @@ pub fn build(
     if wm.spec.gateway.as_ref().is_some_and(|g| g.enabled) {
         desired.services.push(gateway(&owner));
     }
+    override_resources(&mut desired.deployments, overrides);
     Ok(desired)
 }
 
@@ -441,7 +444,13 @@ mod tests {
     #[test]
     fn a_missing_profile_is_an_error_not_a_panic() {
         let wm = wm(json!({"services": {"a": {"internalService": pi(), "profileRef": "nope"}}}));
-        let err = build(&wm, &profiles(), &Settings::default()).unwrap_err();
+        let err = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, BuildError::ProfileNotFound(ref p) if p == "nope"),
             "{err}"
@@ -451,10 +460,22 @@ mod tests {
     #[test]
     fn a_profile_change_leaves_pod_templates_alone() {
         let wm = wm(json!({"services": {"a": {"internalService": pi(), "profileRef": "fast"}}}));
-        let before = build(&wm, &profiles(), &Settings::default()).unwrap();
+        let before = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
         let mut changed = profiles();
         changed.get_mut("fast").unwrap().queue_limit = 7;
-        let after = build(&wm, &changed, &Settings::default()).unwrap();
+        let after = build(
+            &wm,
+            &changed,
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
         assert_eq!(before.deployments, after.deployments);
         assert_ne!(before.config_maps, after.config_maps);
         let data = after.config_maps[0].data.as_ref().unwrap();
@@ -472,7 +493,13 @@ mod tests {
             "c": {"internalService": pi()},
         }});
         let hashes = |spec: &serde_json::Value| {
-            let desired = build(&wm(spec.clone()), &profiles(), &Settings::default()).unwrap();
+            let desired = build(
+                &wm(spec.clone()),
+                &profiles(),
+                &Settings::default(),
+                &ResourceOverrides::new(),
+            )
+            .unwrap();
             ["a", "b", "c"].map(|n| template_hash(&desired, n))
         };
         let [a, b, c] = hashes(&base);
@@ -504,7 +531,13 @@ mod tests {
             "front": {"internalService": pi(), "externalServices": [{"services": ["back"]}]},
             "back": {"internalService": pi()},
         }}));
-        let desired = build(&wm, &profiles(), &Settings::default()).unwrap();
+        let desired = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
         let gateway = desired
             .services
             .iter()
@@ -546,5 +579,57 @@ mod tests {
         assert_eq!(endpoint("ns", "s0", &spec), "http://s0.ns.svc:8000/x");
         spec.request_method = RequestMethod::Grpc;
         assert_eq!(endpoint("ns", "s0", &spec), "grpc://s0.ns.svc:51313");
+    }
+
+    #[test]
+    fn template_overrides_win_over_the_spec_s_resources_of_the_services_they_name() {
+        let wm = wm(json!({
+            "defaults": {"resources": {"requests": {"cpu": "250m", "memory": "64Mi"},
+                                       "limits": {"cpu": "500m", "memory": "128Mi"}}},
+            "services": {"a": {"internalService": pi()}, "b": {"internalService": pi()}}
+        }));
+        let plain = build(
+            &wm,
+            &profiles(),
+            &Settings::default(),
+            &ResourceOverrides::new(),
+        )
+        .unwrap();
+        let overrides: ResourceOverrides = serde_json::from_value(json!({"a": {"cell": {
+            "requests": {"cpu": "625m"}, "limits": {"cpu": "1250m"}}}}))
+        .unwrap();
+        let sized = build(&wm, &profiles(), &Settings::default(), &overrides).unwrap();
+        let resources = |desired: &Desired, name: &str| {
+            let d = desired
+                .deployments
+                .iter()
+                .find(|d| d.metadata.name.as_deref() == Some(name))
+                .unwrap();
+            serde_json::to_value(
+                &d.spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers[0]
+                    .resources,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            resources(&sized, "a"),
+            json!({"requests": {"cpu": "625m", "memory": "64Mi"},
+                   "limits": {"cpu": "1250m", "memory": "128Mi"}})
+        );
+        assert_eq!(resources(&sized, "b"), resources(&plain, "b"));
+        // Only the resources change: what the cell reads at start is the same.
+        assert_eq!(template_hash(&sized, "a"), template_hash(&plain, "a"));
+        // The same overrides give the same objects (no flip-flop between reconciles).
+        assert_eq!(
+            sized,
+            build(&wm, &profiles(), &Settings::default(), &overrides).unwrap()
+        );
     }
 }

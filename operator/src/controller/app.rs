@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cellmesh_api::crd::scaling::{ScalingPolicy, TargetKind};
 use cellmesh_api::crd::{App, Profile};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -48,6 +49,15 @@ pub async fn controller(
             api::<Profile>(client, namespace),
             watcher::Config::default().any_semantic(),
             move |profile| referencing(&store.state(), &profile),
+        )
+        // Template recommendations of InPlaceOrRecreate policies roll the pods at once.
+        .watches(
+            api::<ScalingPolicy>(client, namespace),
+            watcher::Config::default().any_semantic(),
+            |policy| {
+                crate::scaling::template_target(&policy, TargetKind::App)
+                    .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+            },
         )
         .with_config(Config::default().debounce(std::time::Duration::from_millis(100)))
         .graceful_shutdown_on(shutdown)
@@ -108,8 +118,15 @@ pub async fn reconcile(app: &App, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    // build (pure)
-    let desired = build::build(app, profile.as_ref(), &ctx.settings)?;
+    // build (pure), with the pod-template sizes of InPlaceOrRecreate ScalingPolicies
+    let overrides = crate::scaling::read_template_overrides(
+        &ctx.client,
+        &owner.namespace,
+        TargetKind::App,
+        &owner.name,
+    )
+    .await?;
+    let desired = build::build(app, profile.as_ref(), &ctx.settings, &overrides)?;
 
     // apply + sweep
     let full = ctx.take_full_apply(&key(app));

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use cellmesh_api::crd::scaling::{ScalingPolicy, TargetKind};
 use cellmesh_api::crd::{Profile, WorkModel};
 use cellmesh_api::profile::ProfileSpec;
 use futures::StreamExt;
@@ -50,6 +51,15 @@ pub async fn controller(
             watcher::Config::default().any_semantic(),
             move |profile| referencing(&store.state(), &profile),
         )
+        // Template recommendations of InPlaceOrRecreate policies roll the pods at once.
+        .watches(
+            api::<ScalingPolicy>(client, namespace),
+            watcher::Config::default().any_semantic(),
+            |policy| {
+                crate::scaling::template_target(&policy, TargetKind::WorkModel)
+                    .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+            },
+        )
         .with_config(Config::default().debounce(std::time::Duration::from_millis(100)))
         .graceful_shutdown_on(shutdown)
         .run(
@@ -92,8 +102,15 @@ pub async fn reconcile(wm: &WorkModel, ctx: &Context) -> Result<Action, Error> {
         Err(invalid) => return refuse(ctx, wm, invalid).await,
     };
 
-    // build (pure)
-    let desired = build::build(wm, &profiles, &ctx.settings)?;
+    // build (pure), with the pod-template sizes of InPlaceOrRecreate ScalingPolicies
+    let overrides = crate::scaling::read_template_overrides(
+        &ctx.client,
+        &owner.namespace,
+        TargetKind::WorkModel,
+        &owner.name,
+    )
+    .await?;
+    let desired = build::build(wm, &profiles, &ctx.settings, &overrides)?;
 
     // apply + sweep
     let full = ctx.take_full_apply(&key(wm));

@@ -86,6 +86,9 @@ pub enum Reason {
     DownEvents(u32),
     /// The container was killed for running out of memory.
     OomKilled,
+    /// A new pod of the workload gets the size its siblings were given (decided by the
+    /// controller, not the Guardian).
+    NewPod,
 }
 
 impl std::fmt::Display for Reason {
@@ -96,6 +99,7 @@ impl std::fmt::Display for Reason {
             Self::DownEvents(1) => f.write_str("1 down event"),
             Self::DownEvents(n) => write!(f, "{n} down events"),
             Self::OomKilled => f.write_str("out-of-memory kill"),
+            Self::NewPod => f.write_str("new pod: its workload's size"),
         }
     }
 }
