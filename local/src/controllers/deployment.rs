@@ -36,7 +36,9 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{events, labels, util};
+use cellmesh_apimachinery::selector::LabelSelector;
+
+use super::{events, util};
 
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -643,11 +645,12 @@ struct Context {
 
 /// The ReplicaSets the deployment controls, adopting matching orphans.
 async fn owned_sets(d: &Deployment, api: &Api<ReplicaSet>) -> Result<Vec<ReplicaSet>, kube::Error> {
+    // An empty (or invalid) selector adopts nothing: Kubernetes' controller refuses it.
     let Some(selector) = d
         .spec
         .as_ref()
-        .map(|s| &s.selector)
-        .filter(|s| !labels::is_empty(s))
+        .and_then(|s| LabelSelector::from_metav1(Some(&s.selector)).ok())
+        .filter(|s| !s.is_everything())
     else {
         return Ok(Vec::new());
     };
@@ -656,7 +659,7 @@ async fn owned_sets(d: &Deployment, api: &Api<ReplicaSet>) -> Result<Vec<Replica
     for rs in api.list(&ListParams::default()).await?.items {
         match util::controller_of(&rs.metadata) {
             Some(owner) if owner.uid == uid => owned.push(rs),
-            None if labels::matches(selector, &util::labels_of(&rs.metadata))
+            None if selector.matches(&util::labels_of(&rs.metadata))
                 && rs.metadata.deletion_timestamp.is_none()
                 && d.metadata.deletion_timestamp.is_none() =>
             {

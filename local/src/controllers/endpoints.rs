@@ -33,7 +33,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
-use super::{labels, replicaset, util};
+use cellmesh_apimachinery::selector::LabelSelector;
+
+use super::{replicaset, util};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -75,10 +77,11 @@ pub fn members(service: &Service, pods: &[Pod]) -> Vec<Member> {
     let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
         return Vec::new();
     };
+    let selector = LabelSelector::from_set(selector);
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
     let mut out = Vec::new();
     for pod in pods {
-        if !labels::map_matches(selector, &util::labels_of(&pod.metadata)) {
+        if !selector.matches(&util::labels_of(&pod.metadata)) {
             continue;
         }
         let status = pod.status.as_ref();

@@ -17,7 +17,6 @@ pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod gc;
-pub mod labels;
 pub mod namespace;
 pub mod replicaset;
 pub mod rootca;

@@ -22,7 +22,9 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{events, labels, util};
+use cellmesh_apimachinery::selector::LabelSelector;
+
+use super::{events, util};
 
 /// Whether a pod counts towards its ReplicaSet: not being deleted and not finished.
 pub fn is_active(pod: &Pod) -> bool {
@@ -145,16 +147,18 @@ pub fn plan(rs: &ReplicaSet, pods: &[Pod], now: jiff::Timestamp) -> Plan {
             .collect();
         (0, names)
     };
-    let template_labels = spec
-        .and_then(|s| s.template.as_ref())
-        .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let template_labels = LabelSelector::from_set(
+        spec.and_then(|s| s.template.as_ref())
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.as_ref())
+            .into_iter()
+            .flatten(),
+    );
     let count = |f: &dyn Fn(&Pod) -> bool| active.iter().filter(|p| f(p)).count() as i32;
     let status = ReplicaSetStatus {
         replicas: active.len() as i32,
         fully_labeled_replicas: Some(count(&|p| {
-            labels::map_matches(&template_labels, &util::labels_of(&p.metadata))
+            template_labels.matches(&util::labels_of(&p.metadata))
         })),
         ready_replicas: Some(count(&|p| ready_since(p).is_some())),
         available_replicas: Some(count(&|p| is_available(p, min_ready, now))),
@@ -216,17 +220,18 @@ struct Context {
 
 /// The pods the ReplicaSet controls, adopting matching orphans.
 async fn owned_pods(rs: &ReplicaSet, pods: &Api<Pod>) -> Result<Vec<Pod>, kube::Error> {
+    // An empty (or invalid) selector adopts nothing: Kubernetes' controller refuses it.
     let Some(selector) = rs
         .spec
         .as_ref()
-        .map(|s| &s.selector)
-        .filter(|s| !labels::is_empty(s))
+        .and_then(|s| LabelSelector::from_metav1(Some(&s.selector)).ok())
+        .filter(|s| !s.is_everything())
     else {
         return Ok(Vec::new());
     };
     let uid = rs.metadata.uid.as_deref().unwrap_or_default();
     let listed = pods
-        .list(&ListParams::default().labels(&labels::to_query(selector)))
+        .list(&ListParams::default().labels(&selector.to_string()))
         .await?;
     let mut owned = Vec::new();
     for pod in listed.items {
