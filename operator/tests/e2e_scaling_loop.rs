@@ -6,11 +6,12 @@
 //! Under a load step the container's CPU limit is raised in place — in the pod's spec, in
 //! its reported `containerStatuses[].resources` and in the cgroup's `cpu.cfs_quota_us` —
 //! with the same process id and no restart; when the load stops, the limit comes back down
-//! after `downEvents` quiet windows.
+//! after `downEvents` quiet windows. When Prometheus stops answering, the policy holds every
+//! size with `MetricsAvailable=False` and the reason, and resumes by itself once it answers.
 //!
-//! Slower than most tests (about 35 s alone; longer beside other tests) by nature: the
+//! Slower than most tests (about 55 s alone; longer beside other tests) by nature: the
 //! cluster starts, Prometheus needs a few 5 s scrapes before `rate()` has data, scaling up
-//! takes `upEvents` windows and scaling down `downEvents` windows. Deadlines are generous
+//! takes `upEvents` windows, scaling down `downEvents` windows, a hung Prometheus one query timeout. Deadlines are generous
 //! because CI runs it beside other tests on 2 cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,8 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cellmesh_testkit::http_get;
-use common::eventually;
 use common::up::{UpCluster, UpOptions};
+use common::{condition, eventually};
 use serde_json::Value;
 
 const NS: &str = "default";
@@ -135,6 +136,39 @@ impl Drop for Load {
     }
 }
 
+/// A process stopped with SIGSTOP (a hung server: it accepts nothing, answers nothing) and
+/// continued when dropped, so a failing test does not leave it frozen.
+struct Frozen(u32);
+
+impl Frozen {
+    fn stop(pid: u32) -> Self {
+        signal("-STOP", pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// The policy's `MetricsAvailable` condition once its status is `status`.
+fn metrics_available(cluster: &UpCluster, status: &str) -> Option<Value> {
+    let policy = cluster.get(NS, "scalingpolicy/pi")?;
+    condition(&policy, "MetricsAvailable")
+        .filter(|c| c["status"] == status)
+        .cloned()
+}
+
 #[test]
 fn a_load_step_raises_the_cpu_limit_in_place_and_quiet_brings_it_back_down() {
     let cluster = UpCluster::start(&UpOptions {
@@ -214,4 +248,34 @@ fn a_load_step_raises_the_cpu_limit_in_place_and_quiet_brings_it_back_down() {
         .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
         .sum();
     assert!(resized >= 2, "one Resized event per action: {events}");
+
+    // The real Prometheus hangs: queries time out, the policy says so and holds.
+    eventually("MetricsAvailable=True", WAIT, || {
+        metrics_available(&cluster, "True")
+    });
+    let frozen = Frozen::stop(cluster.prometheus_pid().expect("up started Prometheus"));
+    let unavailable = eventually("MetricsAvailable=False", WAIT, || {
+        metrics_available(&cluster, "False")
+    });
+    assert_eq!(
+        unavailable["reason"], "PrometheusUnavailable",
+        "{unavailable}"
+    );
+    assert!(
+        unavailable["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no answer within")),
+        "the message says what failed: {unavailable}"
+    );
+    let held = seen(&cluster).unwrap();
+    assert_eq!(
+        (held.spec_limit, held.pid, held.restarts),
+        (lowered.spec_limit, before.pid, before.restarts),
+        "sizes held while usage is unknown"
+    );
+    // It answers again: the policy resumes by itself.
+    drop(frozen);
+    eventually("MetricsAvailable=True again", WAIT, || {
+        metrics_available(&cluster, "True")
+    });
 }

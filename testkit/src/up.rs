@@ -112,10 +112,19 @@ impl LocalCluster {
 
     /// The API server's pid, from the state `up` recorded.
     pub fn server_pid(&self) -> u32 {
+        self.recorded_pid("/server/pid")
+            .expect("`up` recorded the API server's pid")
+    }
+
+    /// Prometheus' pid, from the state `up` recorded; `None` when it was not started.
+    pub fn prometheus_pid(&self) -> Option<u32> {
+        self.recorded_pid("/prometheus/process/pid")
+    }
+
+    fn recorded_pid(&self, pointer: &str) -> Option<u32> {
         let record: Value =
-            serde_json::from_slice(&std::fs::read(self.state.path().join("up.json")).unwrap())
-                .unwrap();
-        u32::try_from(record["server"]["pid"].as_u64().unwrap()).unwrap()
+            serde_json::from_slice(&std::fs::read(self.state.path().join("up.json")).ok()?).ok()?;
+        u32::try_from(record.pointer(pointer)?.as_u64()?).ok()
     }
 
     /// Runs kubectl as the admin; `stdin` is piped in when given.
