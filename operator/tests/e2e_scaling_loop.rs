@@ -11,8 +11,8 @@
 //!
 //! Slower than most tests (about 55 s alone; longer beside other tests) by nature: the
 //! cluster starts, Prometheus needs a few 5 s scrapes before `rate()` has data, scaling up
-//! takes `upEvents` windows, scaling down `downEvents` windows, a hung Prometheus one query timeout. Deadlines are generous
-//! because CI runs it beside other tests on 2 cores.
+//! takes `upEvents` windows, scaling down `downEvents` windows and a hung Prometheus one
+//! query timeout. Deadlines are generous because CI runs it beside other tests on 2 cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
