@@ -1,87 +1,33 @@
 //! The App controller: the same pipeline as WorkModels, for one Deployment.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use cellmesh_api::crd::scaling::{ScalingPolicy, TargetKind};
+use cellmesh_api::crd::scaling::TargetKind;
 use cellmesh_api::crd::{App, Profile};
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{
-    Context, Error, PROGRESS_POLL, RESYNC, api, error_policy, instrumented, key, log_result,
-    owned_watch,
-};
+use super::{Context, Error, Owner, PROGRESS_POLL, RESYNC, key};
 use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{app as build, owner_of};
 use crate::status::{self, Outcome};
 use crate::validate::{self, Invalid};
 
-/// Name of this controller in metrics and logs.
-pub const NAME: &str = "app";
+impl Owner for App {
+    const CONTROLLER: &'static str = "app";
+    const TARGET: TargetKind = TargetKind::App;
 
-/// Runs the App controller until `shutdown` resolves.
-pub async fn controller(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = &ctx.client;
-    let controller = Controller::new(
-        api::<App>(client, namespace),
-        watcher::Config::default().any_semantic(),
-    );
-    let store = controller.store();
-    controller
-        .owns(api::<Deployment>(client, namespace), owned_watch())
-        .owns(api::<Service>(client, namespace), owned_watch())
-        .owns(api::<ConfigMap>(client, namespace), owned_watch())
-        .watches(
-            api::<Profile>(client, namespace),
-            watcher::Config::default().any_semantic(),
-            move |profile| referencing(&store.state(), &profile),
-        )
-        // Template recommendations of InPlaceOrRecreate policies roll the pods at once.
-        .watches(
-            api::<ScalingPolicy>(client, namespace),
-            watcher::Config::default().any_semantic(),
-            |policy| {
-                crate::scaling::template_target(&policy, TargetKind::App)
-                    .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
-            },
-        )
-        .with_config(Config::default().debounce(std::time::Duration::from_millis(100)))
-        .graceful_shutdown_on(shutdown)
-        .run(
-            |app, ctx| async move {
-                instrumented(NAME, app.as_ref(), &ctx, reconcile(&app, &ctx)).await
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| async move { log_result(NAME, result) })
-        .await;
-}
+    fn uses_profile(&self, name: &str) -> bool {
+        self.spec.profile_ref.as_deref() == Some(name)
+    }
 
-/// The Apps (among `known`) that use `profile`.
-pub fn referencing(known: &[Arc<App>], profile: &Profile) -> Vec<ObjectRef<App>> {
-    let (Some(name), namespace) = (profile.metadata.name.as_deref(), profile.namespace()) else {
-        return Vec::new();
-    };
-    known
-        .iter()
-        .filter(|app| app.namespace() == namespace && app.spec.profile_ref.as_deref() == Some(name))
-        .map(|app| ObjectRef::from_obj(app.as_ref()))
-        .collect()
+    fn reconcile(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send {
+        reconcile(self, ctx)
+    }
 }
 
 /// One reconcile: validate → dereference the Profile → build → apply → sweep → status.

@@ -24,12 +24,22 @@ pub mod profile;
 pub mod workmodel;
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::runtime::controller::Action;
+use cellmesh_api::crd::scaling::{ScalingPolicy, TargetKind};
+use cellmesh_api::crd::{App, Profile, WorkModel};
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 
 use crate::apply::{Caches, Changes};
 use crate::build::workmodel::BuildError;
@@ -293,6 +303,85 @@ where
     result
 }
 
+/// What the WorkModel and App controllers differ in; [`controller`] is the rest.
+pub trait Owner:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// Name of the controller in metrics and logs.
+    const CONTROLLER: &'static str;
+    /// How a ScalingPolicy's `targetRef.kind` names this kind.
+    const TARGET: TargetKind;
+
+    /// Whether the spec uses the Profile `name` (of its own namespace).
+    fn uses_profile(&self, name: &str) -> bool;
+
+    /// One reconcile: validate → dereference Profiles → build → apply → sweep → status.
+    fn reconcile(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send;
+}
+
+/// Runs the controller of `K` until `shutdown` resolves. Triggers: the object, the
+/// Deployments, Services and ConfigMaps it owns, the Profiles it uses, and the
+/// ScalingPolicies whose pod-template recommendations (`InPlaceOrRecreate`) target it.
+pub async fn controller<K: Owner>(
+    ctx: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = &ctx.client;
+    let controller = Controller::new(
+        api::<K>(client, namespace),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    controller
+        .owns(api::<Deployment>(client, namespace), owned_watch())
+        .owns(api::<Service>(client, namespace), owned_watch())
+        .owns(api::<ConfigMap>(client, namespace), owned_watch())
+        .watches(
+            api::<Profile>(client, namespace),
+            watcher::Config::default().any_semantic(),
+            move |profile| referencing(&store.state(), &profile),
+        )
+        // Template recommendations of InPlaceOrRecreate policies roll the pods at once.
+        .watches(
+            api::<ScalingPolicy>(client, namespace),
+            watcher::Config::default().any_semantic(),
+            |policy| {
+                crate::scaling::template_target(&policy, K::TARGET)
+                    .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+            },
+        )
+        .with_config(Config::default().debounce(Duration::from_millis(100)))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            |object, ctx| async move {
+                instrumented(K::CONTROLLER, object.as_ref(), &ctx, object.reconcile(&ctx)).await
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move { log_result(K::CONTROLLER, result) })
+        .await;
+}
+
+/// The objects (among `known`) of `profile`'s namespace that use it.
+pub fn referencing<K: Owner>(known: &[Arc<K>], profile: &Profile) -> Vec<ObjectRef<K>> {
+    let (Some(name), namespace) = (profile.metadata.name.as_deref(), profile.namespace()) else {
+        return Vec::new();
+    };
+    known
+        .iter()
+        .filter(|object| object.namespace() == namespace && object.uses_profile(name))
+        .map(|object| ObjectRef::from_obj(object.as_ref()))
+        .collect()
+}
+
 /// Runs the four controllers (WorkModel, App, Profile, ScalingPolicy) until `shutdown`
 /// resolves (each drains its reconciles).
 pub async fn run(
@@ -317,16 +406,16 @@ pub async fn run(
         }
     };
     futures::join!(
-        workmodel::controller(ctx.clone(), namespace.as_deref(), stop()),
-        app::controller(ctx.clone(), namespace.as_deref(), stop()),
+        controller::<WorkModel>(ctx.clone(), namespace.as_deref(), stop()),
+        controller::<App>(ctx.clone(), namespace.as_deref(), stop()),
         profile::controller(ctx.clone(), namespace.as_deref(), stop()),
         scaling,
     );
 }
 
 /// The watcher config of owned objects: only what this operator manages.
-fn owned_watch() -> kube::runtime::watcher::Config {
-    kube::runtime::watcher::Config::default()
+fn owned_watch() -> watcher::Config {
+    watcher::Config::default()
         .labels(&format!(
             "app.kubernetes.io/managed-by={}",
             crate::build::MANAGED_BY
@@ -337,7 +426,7 @@ fn owned_watch() -> kube::runtime::watcher::Config {
 /// Logs one controller result.
 fn log_result<K: Resource, E: std::fmt::Display>(
     controller: &'static str,
-    result: Result<(kube::runtime::reflector::ObjectRef<K>, Action), E>,
+    result: Result<(ObjectRef<K>, Action), E>,
 ) {
     match result {
         Ok((object, _)) => tracing::trace!(controller, %object, "reconcile done"),

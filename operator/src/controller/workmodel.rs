@@ -1,87 +1,34 @@
 //! The WorkModel controller: see [`reconcile`] for the pipeline.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use cellmesh_api::crd::scaling::{ScalingPolicy, TargetKind};
+use cellmesh_api::crd::scaling::TargetKind;
 use cellmesh_api::crd::{Profile, WorkModel};
 use cellmesh_api::profile::ProfileSpec;
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::{
-    Context, Error, PROGRESS_POLL, RESYNC, api, error_policy, instrumented, key, log_result,
-    owned_watch,
-};
+use super::{Context, Error, Owner, PROGRESS_POLL, RESYNC, key};
 use crate::apply::{self, FIELD_MANAGER};
 use crate::build::{owner_of, workmodel as build};
 use crate::status::{self, Outcome};
 use crate::validate::{self, Invalid};
 
-/// Name of this controller in metrics and logs.
-pub const NAME: &str = "workmodel";
+impl Owner for WorkModel {
+    const CONTROLLER: &'static str = "workmodel";
+    const TARGET: TargetKind = TargetKind::WorkModel;
 
-/// Runs the WorkModel controller until `shutdown` resolves.
-pub async fn controller(
-    ctx: Arc<Context>,
-    namespace: Option<&str>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let client = &ctx.client;
-    let controller = Controller::new(
-        api::<WorkModel>(client, namespace),
-        watcher::Config::default().any_semantic(),
-    );
-    let store = controller.store();
-    controller
-        .owns(api::<Deployment>(client, namespace), owned_watch())
-        .owns(api::<Service>(client, namespace), owned_watch())
-        .owns(api::<ConfigMap>(client, namespace), owned_watch())
-        .watches(
-            api::<Profile>(client, namespace),
-            watcher::Config::default().any_semantic(),
-            move |profile| referencing(&store.state(), &profile),
-        )
-        // Template recommendations of InPlaceOrRecreate policies roll the pods at once.
-        .watches(
-            api::<ScalingPolicy>(client, namespace),
-            watcher::Config::default().any_semantic(),
-            |policy| {
-                crate::scaling::template_target(&policy, TargetKind::WorkModel)
-                    .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
-            },
-        )
-        .with_config(Config::default().debounce(std::time::Duration::from_millis(100)))
-        .graceful_shutdown_on(shutdown)
-        .run(
-            |wm, ctx| async move { instrumented(NAME, wm.as_ref(), &ctx, reconcile(&wm, &ctx)).await },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| async move { log_result(NAME, result) })
-        .await;
-}
+    fn uses_profile(&self, name: &str) -> bool {
+        build::referenced_profiles(&self.spec).contains(name)
+    }
 
-/// The WorkModels (among `known`) whose services use `profile`.
-pub fn referencing(known: &[Arc<WorkModel>], profile: &Profile) -> Vec<ObjectRef<WorkModel>> {
-    let (Some(name), namespace) = (profile.metadata.name.as_deref(), profile.namespace()) else {
-        return Vec::new();
-    };
-    known
-        .iter()
-        .filter(|wm| wm.namespace() == namespace)
-        .filter(|wm| build::referenced_profiles(&wm.spec).contains(name))
-        .map(|wm| ObjectRef::from_obj(wm.as_ref()))
-        .collect()
+    fn reconcile(&self, ctx: &Context) -> impl Future<Output = Result<Action, Error>> + Send {
+        reconcile(self, ctx)
+    }
 }
 
 /// One reconcile: validate → dereference Profiles → build → apply → sweep → status.
@@ -228,9 +175,12 @@ async fn write_status(ctx: &Context, wm: &WorkModel, outcome: &Outcome) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use serde_json::json;
 
     use super::*;
+    use crate::controller::referencing;
 
     fn wm(
         namespace: &str,
