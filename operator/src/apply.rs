@@ -3,13 +3,16 @@
 //! controls and no longer wants.
 //!
 //! Reads come from [`Caches`]: reflector stores fed by watches on the objects the operator
-//! manages, never from LISTs (a LIST of 1,000 Deployments is megabytes the API server must
+//! manages, holding only the fields a reconcile reads ([`crate::cache`]), never from LISTs (a LIST of 1,000 Deployments is megabytes the API server must
 //! serialise on every reconcile). Every applied object carries [`APPLIED_HASH_ANNOTATION`], a
 //! hash of exactly what was applied; an object whose cached hash equals the desired one is
 //! skipped, so an unchanged 1,000-service WorkModel costs no API call at all. A stale cache
 //! only costs a redundant apply or a delete that finds nothing. Drift made by someone else on
 //! a skipped object is corrected by a full apply, which runs on the first reconcile of each
 //! owner after the operator starts and every [`crate::controller::FULL_APPLY_EVERY`] after.
+//!
+//! The apply answers are parsed into the same [`Slim`] objects: 32 writes are in flight at
+//! once, and 1,000 full answers (managedFields included) were the operator's memory peak.
 //!
 //! Order: ConfigMaps, then Services, then Deployments (a new pod must find its config, and
 //! callers their callees' Services), then the orphan sweep. The sweep only deletes objects
@@ -22,15 +25,14 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::build::{Desired, Owner, stable_hash};
+pub use crate::cache::Caches;
+use crate::cache::{Slim, slim_meta};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "cellmesh-operator";
@@ -63,81 +65,7 @@ pub struct Applied {
     /// What was written.
     pub changes: Changes,
     /// The owner's Deployments as last seen (the apply's answer, else the cache).
-    pub deployments: BTreeMap<String, Arc<Deployment>>,
-}
-
-/// Watch-fed caches of every object the operator manages (label
-/// `app.kubernetes.io/managed-by=cellmesh-operator`), in the watched namespace or all.
-#[derive(Clone)]
-pub struct Caches {
-    /// Deployments.
-    pub deployments: Store<Deployment>,
-    /// Services.
-    pub services: Store<Service>,
-    /// ConfigMaps.
-    pub config_maps: Store<ConfigMap>,
-}
-
-impl Caches {
-    /// Starts the three watches (tasks that run until the process ends) and returns their
-    /// stores; [`Caches::wait_until_ready`] waits for the first complete listing.
-    pub fn start(client: &Client, namespace: Option<&str>) -> Self {
-        Self {
-            deployments: cache(client, namespace),
-            services: cache(client, namespace),
-            config_maps: cache(client, namespace),
-        }
-    }
-
-    /// Waits until every cache holds a complete listing.
-    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.deployments.wait_until_ready().await?;
-        self.services.wait_until_ready().await?;
-        self.config_maps.wait_until_ready().await
-    }
-}
-
-/// The watch configuration of managed objects.
-pub fn managed_watch() -> watcher::Config {
-    watcher::Config::default()
-        .labels(&format!(
-            "app.kubernetes.io/managed-by={}",
-            crate::build::MANAGED_BY
-        ))
-        .any_semantic()
-}
-
-fn cache<K>(client: &Client, namespace: Option<&str>) -> Store<K>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<K> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (reader, writer) = reflector::store();
-    // managedFields are half of a Deployment's size and never read here.
-    let events = watcher(api, managed_watch()).modify(|object: &mut K| {
-        object.meta_mut().managed_fields = None;
-    });
-    let stream = reflector(writer, events)
-        .default_backoff()
-        .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::warn!(kind = K::kind(&()).as_ref(), %error, "cache watch error");
-            }
-        }
-    });
-    reader
+    pub deployments: BTreeMap<String, Arc<Slim<Deployment>>>,
 }
 
 /// Stamps `object` with the hash of its own content (without the stamp).
@@ -200,8 +128,8 @@ pub async fn apply(
 
 /// One kind of child: its API, the owner's live objects, and the names applied this run.
 struct Kind<K> {
-    api: Api<K>,
-    live: BTreeMap<String, Arc<K>>,
+    api: Api<Slim<K>>,
+    live: BTreeMap<String, Arc<Slim<K>>>,
     wanted: BTreeSet<String>,
 }
 
@@ -211,13 +139,12 @@ where
         + Clone
         + Debug
         + Serialize
-        + DeserializeOwned
         + Send
         + Sync
         + 'static,
 {
-    fn load(client: &Client, cache: &Store<K>, owner: &Owner) -> Self {
-        let api: Api<K> = Api::namespaced(client.clone(), &owner.namespace);
+    fn load(client: &Client, cache: &Store<Slim<K>>, owner: &Owner) -> Self {
+        let api: Api<Slim<K>> = Api::namespaced(client.clone(), &owner.namespace);
         let live = cache
             .state()
             .into_iter()
@@ -256,16 +183,16 @@ where
         }
         let api = &self.api;
         let params = &params;
-        let results: Vec<(String, K, bool, bool)> = futures::stream::iter(writes)
+        let results: Vec<(String, Slim<K>, bool, bool)> = futures::stream::iter(writes)
             .map(|(name, object, existed, changed)| async move {
-                let live = api.patch(&name, params, &Patch::Apply(&object)).await?;
+                let mut live = api.patch(&name, params, &Patch::Apply(&object)).await?;
+                slim_meta(&mut live.metadata);
                 Ok::<_, kube::Error>((name, live, existed, changed))
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
             .await?;
-        for (name, mut live, existed, changed) in results {
-            live.meta_mut().managed_fields = None;
+        for (name, live, existed, changed) in results {
             if !existed {
                 changes.created.push(format!("{kind}/{name}"));
             } else if changed {
@@ -277,7 +204,10 @@ where
     }
 
     /// Deletes the live objects not wanted this run; returns the wanted live ones.
-    async fn sweep(self, changes: &mut Changes) -> Result<BTreeMap<String, Arc<K>>, kube::Error> {
+    async fn sweep(
+        self,
+        changes: &mut Changes,
+    ) -> Result<BTreeMap<String, Arc<Slim<K>>>, kube::Error> {
         let kind = K::kind(&());
         let Self {
             api, live, wanted, ..
@@ -310,6 +240,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
     use super::*;
 
     #[test]

@@ -3,7 +3,8 @@
 //! - [`run`]: `cellmesh-operator run`, the controllers ([`controller`]) for WorkModels, Apps
 //!   and Profiles, with leader election and the health/metrics endpoints ([`telemetry`]).
 //! - The reconcile pipeline's steps, each its own module: [`validate`] (pure checks),
-//!   [`build`] (pure desired objects), [`apply`] (server-side apply and the orphan sweep) and
+//!   [`build`] (pure desired objects), [`apply`] (server-side apply and the orphan sweep, reading
+//!   the slim watch caches of [`cache`]) and
 //!   [`status`] (pure conditions).
 //! - Vertical scaling: [`guardian`] (the pure decision loop), [`usage`] (Prometheus),
 //!   [`scaler`] (`pods/resize` patches and their outcome) and [`scaling`] (the
@@ -15,6 +16,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod controller;
 pub mod crdgen;
 pub mod guardian;

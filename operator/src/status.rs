@@ -20,6 +20,7 @@ use cellmesh_api::crd::workmodel::{ServiceStatus, WorkModelStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::cache::Slim;
 use crate::validate::Invalid;
 
 /// How far one Deployment has rolled out.
@@ -39,7 +40,7 @@ fn count(value: Option<i32>) -> u32 {
 }
 
 /// The rollout of a live Deployment (`None`: it does not exist yet).
-pub fn rollout(deployment: Option<&Deployment>) -> Rollout {
+pub fn rollout(deployment: Option<&Slim<Deployment>>) -> Rollout {
     let Some(deployment) = deployment else {
         return Rollout::default();
     };
@@ -206,9 +207,8 @@ pub fn app(old: &AppStatus, generation: Option<i64>, outcome: &Outcome, now: &Ti
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
-
     use super::*;
+    use crate::cache::{SlimSpec, SlimStatus};
 
     fn at(seconds: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
@@ -220,20 +220,16 @@ mod tests {
         replicas: i32,
         updated: i32,
         ready: i32,
-    ) -> Deployment {
-        let mut d = Deployment {
-            spec: Some(DeploymentSpec {
-                replicas: Some(replicas),
-                ..DeploymentSpec::default()
-            }),
-            status: Some(DeploymentStatus {
-                observed_generation: Some(observed),
-                updated_replicas: Some(updated),
-                ready_replicas: Some(ready),
-                ..DeploymentStatus::default()
-            }),
-            ..Deployment::default()
-        };
+    ) -> Slim<Deployment> {
+        let mut d = Slim::default();
+        d.spec = Some(SlimSpec {
+            replicas: Some(replicas),
+        });
+        d.status = Some(SlimStatus {
+            observed_generation: Some(observed),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+        });
         d.metadata.generation = Some(generation);
         d
     }
