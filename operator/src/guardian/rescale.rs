@@ -6,6 +6,13 @@
 //! up event, and a scale-up never goes above the limit at which it would be a down event.
 //! Serverless Containers gets the same effect by rebuilding its band around `current`; here
 //! the band is a fraction of the limit, so the guard is explicit.
+//!
+//! The scale-up guard assumes the usage is the demand. A CPU-throttled container's usage is
+//! pinned at its limit whatever the demand ([`SATURATED`]), so there the guard would cap every
+//! step at `limit / lower` (2.5× with the defaults) and a load step several times the limit
+//! would need several actions, each after `upEvents` more windows and a cooldown. A saturated
+//! container therefore gets the policy's whole step; if that overshoots, the usage is a down
+//! event at the new limit and the first scale-down (floored at `usage / upper`) settles it.
 
 use cellmesh_api::crd::scaling::{RescalePolicy, Resource, ResourcePolicy, ScaleAction};
 use cellmesh_api::quantity;
@@ -80,8 +87,19 @@ pub fn step(action: &ScaleAction, limit: f64, usage: f64, up: bool) -> f64 {
     }
 }
 
-/// The next limit after a scale-up: the policy's step, capped so the usage is not a down
-/// event at the new limit, clamped to [min, max].
+/// CPU usage at or above this fraction of the limit counts as throttled: the container would
+/// use more if it could, so its usage says only that the demand is at least the limit.
+/// (Prometheus' `rate()` of a container pinned at its quota reads 0.97–1.0 of it.)
+pub const SATURATED: f64 = 0.95;
+
+/// Whether `usage` of `resource` at `limit` hides the demand (CPU throttled at its limit).
+pub fn saturated(resource: Resource, limit: f64, usage: f64) -> bool {
+    resource == Resource::Cpu && limit > 0.0 && usage >= SATURATED * limit
+}
+
+/// The next limit after a scale-up: the policy's step, clamped to [min, max], and capped so
+/// the usage is not a down event at the new limit, unless the usage is [`saturated`] (then
+/// it is no measure of the demand).
 pub fn scale_up(
     resource: Resource,
     action: &ScaleAction,
@@ -90,7 +108,7 @@ pub fn scale_up(
     usage: f64,
 ) -> f64 {
     let wanted = bounds.clamp(resource, step(action, limit, usage, true));
-    if bounds.lower > 0.0 && usage > 0.0 {
+    if bounds.lower > 0.0 && usage > 0.0 && !saturated(resource, limit, usage) {
         let ceiling = round_down(resource, usage / bounds.lower);
         if wanted > ceiling {
             // Still above the current limit: up events mean usage > upper × limit, so the
@@ -229,6 +247,36 @@ mod tests {
         ));
         // max caps 2.25.
         assert!(close(scale_up(Resource::Cpu, &action, &b, 1.5, 1.4), 2.0));
+    }
+
+    #[test]
+    fn a_throttled_container_gets_the_whole_step() {
+        let action = ScaleAction::amount("750m");
+        let b = bounds(0.1, 2.0);
+        // 0.2 pinned at 0.2: the demand is unknown, so no `usage / lower` cap (0.5).
+        assert!(close(scale_up(Resource::Cpu, &action, &b, 0.2, 0.2), 0.95));
+        assert!(close(
+            scale_up(Resource::Cpu, &action, &b, 0.2, 0.195),
+            0.95
+        ));
+        // Just below saturation the guard holds: 0.18 / 0.4.
+        assert!(close(scale_up(Resource::Cpu, &action, &b, 0.2, 0.18), 0.45));
+        // Memory at its limit is no throttling: the guard holds.
+        let mi = 1024.0 * 1024.0;
+        let mb = Bounds {
+            min: 0.0,
+            max: 8192.0 * mi,
+            upper: 0.8,
+            lower: 0.4,
+        };
+        let up = scale_up(
+            Resource::Memory,
+            &ScaleAction::amount("1Gi"),
+            &mb,
+            100.0 * mi,
+            100.0 * mi,
+        );
+        assert!(close(up, 250.0 * mi), "{}", up / mi);
     }
 
     #[test]
