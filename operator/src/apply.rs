@@ -3,8 +3,9 @@
 //! controls and no longer wants.
 //!
 //! Reads come from [`Caches`]: reflector stores fed by watches on the objects the operator
-//! manages, holding only the fields a reconcile reads ([`crate::cache`]), never from LISTs (a LIST of 1,000 Deployments is megabytes the API server must
-//! serialise on every reconcile). Every applied object carries [`APPLIED_HASH_ANNOTATION`], a
+//! manages, holding only the fields a reconcile reads ([`crate::cache`]), never from LISTs
+//! (a LIST of 1,000 Deployments is megabytes the API server must serialise on every
+//! reconcile). Every applied object carries [`APPLIED_HASH_ANNOTATION`], a
 //! hash of exactly what was applied; an object whose cached hash equals the desired one is
 //! skipped, so an unchanged 1,000-service WorkModel costs no API call at all. A stale cache
 //! only costs a redundant apply or a delete that finds nothing. Drift made by someone else on

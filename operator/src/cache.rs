@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, reflector as reflect, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Client, Resource};
 use serde::Deserialize;
 
 use crate::apply::APPLIED_HASH_ANNOTATION;
@@ -184,10 +184,7 @@ where
         + Sync
         + 'static,
 {
-    let api: Api<Slim<K>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let api = crate::controller::api::<Slim<K>>(client, namespace);
     let (reader, writer) = reflector::store();
     let events = watcher(api, managed_watch().page_size(LIST_PAGE_SIZE))
         .modify(|object: &mut Slim<K>| slim_meta(&mut object.metadata));

@@ -44,6 +44,7 @@ use serde::de::DeserializeOwned;
 use crate::apply::{Caches, Changes};
 use crate::build::workmodel::BuildError;
 use crate::build::{MissingMetadata, Settings};
+use crate::cache::managed_watch;
 use crate::telemetry::Health;
 use crate::validate::Invalid;
 
@@ -340,9 +341,9 @@ pub async fn controller<K: Owner>(
     );
     let store = controller.store();
     controller
-        .owns(api::<Deployment>(client, namespace), owned_watch())
-        .owns(api::<Service>(client, namespace), owned_watch())
-        .owns(api::<ConfigMap>(client, namespace), owned_watch())
+        .owns(api::<Deployment>(client, namespace), managed_watch())
+        .owns(api::<Service>(client, namespace), managed_watch())
+        .owns(api::<ConfigMap>(client, namespace), managed_watch())
         .watches(
             api::<Profile>(client, namespace),
             watcher::Config::default().any_semantic(),
@@ -411,16 +412,6 @@ pub async fn run(
         profile::controller(ctx.clone(), namespace.as_deref(), stop()),
         scaling,
     );
-}
-
-/// The watcher config of owned objects: only what this operator manages.
-fn owned_watch() -> watcher::Config {
-    watcher::Config::default()
-        .labels(&format!(
-            "app.kubernetes.io/managed-by={}",
-            crate::build::MANAGED_BY
-        ))
-        .any_semantic()
 }
 
 /// Logs one controller result.
