@@ -161,6 +161,55 @@ pub fn adopt(pod: &Pod, sizes: &[WorkloadSize], policy: &ScalingPolicySpec) -> V
         .collect()
 }
 
+/// Keeps `sizes` (the policy's `status.templateRecommendations`) inside the policy as it is
+/// now: a resource the policy no longer guards is dropped, a limit outside a changed
+/// `min`/`max` is clamped (its request scaled at the recorded request:limit ratio), and a
+/// container left with nothing is removed. Without this a lowered `max` would leave the pod
+/// template above it until the next fallback. Whether anything changed.
+pub fn clamp_sizes(sizes: &mut Vec<WorkloadSize>, policy: &ScalingPolicySpec) -> bool {
+    let mut changed = false;
+    for size in sizes.iter_mut() {
+        for resource in [Resource::Cpu, Resource::Memory] {
+            let slot = size.resource_mut(resource);
+            let Some(given) = slot.as_mut() else {
+                continue;
+            };
+            let Some(bounds) = policy
+                .resource(resource)
+                .and_then(|p| rescale::Bounds::from_policy(p).ok())
+            else {
+                *slot = None;
+                changed = true;
+                continue;
+            };
+            // A limit this operator wrote always parses; one that does not is left alone.
+            let Ok(limit) = quantity::parse(&given.limit.0) else {
+                continue;
+            };
+            let target = bounds.clamp(resource, limit);
+            if (target - limit).abs() < rescale::grid(resource) / 2.0 {
+                continue;
+            }
+            let format = |value: f64| match resource {
+                Resource::Cpu => quantity::cpu(value),
+                Resource::Memory => quantity::memory(value),
+            };
+            if let Some(request) = &given.request
+                && let Ok(request) = quantity::parse(&request.0)
+            {
+                given.request = Some(format(rescale::scaled_request(
+                    resource, request, limit, target,
+                )));
+            }
+            given.limit = format(target);
+            changed = true;
+        }
+    }
+    let before = sizes.len();
+    sizes.retain(|s| s.cpu.is_some() || s.memory.is_some());
+    changed || sizes.len() != before
+}
+
 /// The sizes a pod's spec asks for but the kubelet does not apply (the resize it called
 /// `Infeasible`): per container and resource whose limit in the spec differs from the one
 /// in force.
@@ -793,6 +842,39 @@ mod tests {
             "memory": {"min": "64Mi", "max": "1Gi"}}))
         .unwrap();
         assert!(adopt(&pod, &sizes("s0", "1250m"), &memory_only).is_empty());
+    }
+
+    #[test]
+    fn template_sizes_follow_a_changed_min_max_and_unguarded_resources_go() {
+        let policy: ScalingPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"kind": "WorkModel", "name": "shop"},
+            "cpu": {"min": "100m", "max": "1"}}))
+        .unwrap();
+        // Recorded at 2 cores, request 1 (1:2): the max is now 1, so 1 core, request 500m.
+        let mut list = sizes("s0", "2");
+        assert!(clamp_sizes(&mut list, &policy));
+        let cpu = list[0].cpu.as_ref().unwrap();
+        assert_eq!(cpu.limit.0, "1");
+        assert_eq!(cpu.request.as_ref().unwrap().0, "500m");
+        // Inside the bounds: untouched, and says so.
+        assert!(!clamp_sizes(&mut list, &policy));
+        assert_eq!(list, {
+            let mut expected = sizes("s0", "1");
+            expected[0].cpu.as_mut().unwrap().request = Some(Quantity("500m".into()));
+            expected
+        });
+        // Below a raised min: lifted to it.
+        let mut low = sizes("s0", "50m");
+        low[0].cpu.as_mut().unwrap().request = None;
+        assert!(clamp_sizes(&mut low, &policy));
+        assert_eq!(low[0].cpu.as_ref().unwrap().limit.0, "100m");
+        // CPU no longer guarded: its size goes, and with nothing left, the entry.
+        let memory_only: ScalingPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"kind": "WorkModel", "name": "shop"},
+            "memory": {"min": "64Mi", "max": "1Gi"}}))
+        .unwrap();
+        assert!(clamp_sizes(&mut list, &memory_only));
+        assert!(list.is_empty(), "{list:?}");
     }
 
     #[test]

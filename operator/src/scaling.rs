@@ -57,7 +57,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource as _, ResourceExt as _};
-use serde_json::json;
+use serde_json::{Value, json};
 
 // The labels the WorkModel and App builders put on their pods select a policy's targets.
 use crate::build::{APP_LABEL, ResourceOverrides, SERVICE_LABEL, WORKMODEL_LABEL};
@@ -252,6 +252,9 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
         // others' recommendations, and the status must not claim them.
         status.template_recommendations.clear();
     }
+    // The builders write these straight into the pod template: keep them inside the
+    // policy as it is now (a lowered max, a resource no longer guarded).
+    scaler::clamp_sizes(&mut status.template_recommendations, spec);
     let pods_api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
     let selector = target_selector(spec);
     let pods: Vec<Pod> = pods_api
@@ -1241,10 +1244,26 @@ async fn write_status(
     api.patch_status(
         &policy.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
+        &Patch::Merge(json!({"status": status_patch(policy.status.as_ref(), status)})),
     )
     .await?;
     Ok(())
+}
+
+/// The merge patch that turns status `old` into `new`. Empty lists and unset fields are not
+/// serialised, and a merge patch leaves out-of-patch fields as they are: a field `old` has
+/// and `new` lacks (the last template recommendation dropped, say) must be sent as `null`
+/// to be removed.
+fn status_patch(old: Option<&ScalingPolicyStatus>, new: &ScalingPolicyStatus) -> Value {
+    let mut patch = serde_json::to_value(new).unwrap_or_else(|_| json!({}));
+    if let (Some(Value::Object(old)), Value::Object(patch)) =
+        (old.and_then(|o| serde_json::to_value(o).ok()), &mut patch)
+    {
+        for field in old.keys() {
+            patch.entry(field.clone()).or_insert(Value::Null);
+        }
+    }
+    patch
 }
 
 fn condition(
@@ -1653,6 +1672,36 @@ mod tests {
         pod.status.as_mut().unwrap().phase = Some("Failed".into());
         assert!(!became_running(&mut running, &pod));
         assert!(running.is_empty(), "a finished pod is forgotten");
+    }
+
+    #[test]
+    fn a_status_patch_removes_what_the_new_status_no_longer_has() {
+        let old: ScalingPolicyStatus = serde_json::from_value(json!({
+            "observedGeneration": 3,
+            "lastAction": "p/cell cpu 200m→950m (2 up events)",
+            "templateRecommendations": [{"workload": "s0", "container": "cell",
+                                         "cpu": {"limit": "1"}}]}))
+        .unwrap();
+        let new = ScalingPolicyStatus {
+            observed_generation: Some(4),
+            last_action: old.last_action.clone(),
+            ..ScalingPolicyStatus::default()
+        };
+        let patch = status_patch(Some(&old), &new);
+        assert_eq!(
+            patch,
+            json!({"observedGeneration": 4,
+                   "lastAction": "p/cell cpu 200m→950m (2 up events)",
+                   "templateRecommendations": null})
+        );
+        // Applied as a JSON merge patch (RFC 7386), it gives exactly the new status.
+        let mut merged = serde_json::to_value(&old).unwrap();
+        json_patch::merge(&mut merged, &patch);
+        assert_eq!(
+            serde_json::from_value::<ScalingPolicyStatus>(merged).unwrap(),
+            new
+        );
+        assert_eq!(status_patch(None, &new), serde_json::to_value(&new).unwrap());
     }
 
     #[test]
