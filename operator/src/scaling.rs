@@ -1701,7 +1701,10 @@ mod tests {
             serde_json::from_value::<ScalingPolicyStatus>(merged).unwrap(),
             new
         );
-        assert_eq!(status_patch(None, &new), serde_json::to_value(&new).unwrap());
+        assert_eq!(
+            status_patch(None, &new),
+            serde_json::to_value(&new).unwrap()
+        );
     }
 
     #[test]

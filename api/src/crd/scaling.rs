@@ -29,18 +29,19 @@ use crate::service::Quantity;
 
 /// Guardian tick when the policy names none.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-/// Usage averaging window when the policy names none: three 5 s scrape intervals.
+/// Lookback of the usage queries when the policy names none: three 5 s scrape intervals.
 ///
-/// Serverless Containers' 10 s is too short for Prometheus: `rate()` needs two samples in
-/// its window, and with a 5 s scrape a 10 s window holds two only when the scrapes fall
-/// just right (otherwise the query returns nothing and the Guardian holds). 15 s always
-/// holds at least two (usually three, 10 s apart) and still reacts within about 20 s of a
-/// load step with the other defaults: a saturated container's rate over three samples
-/// crosses `upper` (80 %) once 8 of their 10 s are under load, so the first up event comes
-/// 8–13 s after the step (scrape phase) plus up to one 5 s `interval` (tick phase); the
-/// second (`upEvents: 2`) one `interval` later; pods/resize lands in the cgroup within a
-/// second. That is 13–23 s, 18 s on average. Each extra scrape in the window adds about
-/// 4 s; a shorter `interval` than the scrape adds no information.
+/// The default CPU query is `irate(…[window])`, the usage between the last two scrapes in
+/// the window: a load step shows in full one scrape after the first that sees it. (A
+/// `rate()` over the whole window needed the window to fill: three scrapes, ~7 s more.)
+/// The window must always hold two samples: with a 5 s scrape a 10 s window holds two only
+/// when the scrapes fall just right (otherwise Prometheus returns nothing and the Guardian
+/// holds); 15 s always does. Reaction to a load step that throttles the container, with the
+/// other defaults: the second scrape after the step shows it pinned at its limit (0–5 s
+/// scrape phase + 5 s), the next tick (0–5 s later) counts the throttled window and scales
+/// up (`throttledUpEvents: 1`), and pods/resize lands in the cgroup within about a second:
+/// 6–16 s, 11 s on average. A step that raises usage above `upper` without throttling needs
+/// `upEvents` (2) windows: one `interval` more.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(15);
 /// Least time between two actions on one container when the policy names none.
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15);
@@ -50,12 +51,18 @@ pub const DEFAULT_UPPER: f64 = 0.8;
 pub const DEFAULT_LOWER: f64 = 0.4;
 /// Up events that trigger a scale-up, by default (both resources).
 pub const DEFAULT_UP_EVENTS: u32 = 2;
+/// Throttled windows (CPU usage ≥ 95 % of the limit) that trigger a scale-up, by default.
+///
+/// One: a throttled container's usage hides how much more it needs, and every window at the
+/// limit is work queued. Waiting for `upEvents` such windows added a whole `interval` to the
+/// reaction to a load step; noise cannot fake a window pinned at the quota.
+pub const DEFAULT_THROTTLED_UP_EVENTS: u32 = 1;
 /// Headroom of `fitToUsage` when the action names none: the new limit is usage × 1.5, so
 /// usage sits at 67 % of it, inside the default band.
 pub const DEFAULT_FIT_MARGIN: f64 = 0.5;
 /// Default PromQL for CPU usage (cores) per container; `{{window}}` becomes the policy's window.
 pub const DEFAULT_CPU_QUERY: &str = "sum by (namespace,pod,container) \
-     (rate(container_cpu_usage_seconds_total{container!=\"\"}[{{window}}]))";
+     (irate(container_cpu_usage_seconds_total{container!=\"\"}[{{window}}]))";
 /// Default PromQL for memory usage (bytes) per container.
 pub const DEFAULT_MEMORY_QUERY: &str =
     "max by (namespace,pod,container) (container_memory_working_set_bytes{container!=\"\"})";
@@ -199,6 +206,8 @@ impl Resource {
     validation = event_timeout_rule(Resource::Memory),
     validation = Rule::new("!has(self.cpu) || !has(self.cpu.oomBump)")
         .message("oomBump applies to memory only"),
+    validation = Rule::new("!has(self.memory) || !has(self.memory.throttledUpEvents)")
+        .message("throttledUpEvents applies to cpu only: memory is never throttled"),
     validation = budget_rule(Resource::Cpu),
     validation = budget_rule(Resource::Memory),
 )]
@@ -222,10 +231,11 @@ pub struct ScalingPolicySpec {
     #[schemars(schema_with = "duration_schema")]
     pub interval: HumanDuration,
 
-    /// Usage is averaged over this window; one window yields at most one event per resource.
-    /// Default `15s`: three 5 s Prometheus scrapes, so `rate()` always has at least two
-    /// samples (with 10 s it often has one and returns nothing), while a load step is still
-    /// acted on within about 20 s with the other defaults. Keep it ≥ 3 × the scrape interval.
+    /// Lookback of the usage queries (`{{window}}` in their templates). The default CPU
+    /// query reads the usage between the last two scrapes in it (`irate`), so it must always
+    /// hold two: keep it ≥ 3 × the scrape interval. Default `15s` (three 5 s scrapes; with
+    /// 10 s Prometheus often finds one sample and returns nothing). Each tick yields at most
+    /// one event per resource.
     #[serde(default = "default_window")]
     #[schemars(schema_with = "duration_schema")]
     pub window: HumanDuration,
@@ -417,6 +427,14 @@ pub struct ResourcePolicy {
     #[serde(default = "default_up_events")]
     #[schemars(range(min = 1, max = 100))]
     pub up_events: u32,
+    /// CPU only: windows in which the container was throttled (usage at least 95 % of its
+    /// limit) that are enough to scale up, counted among the up events. A throttled
+    /// container's usage hides its demand and it queues work in every such window, so by
+    /// default one is enough. Set it to `upEvents` to treat throttling as any up event.
+    /// Rejected in the memory section: memory is never throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub throttled_up_events: Option<u32>,
     /// Down events needed to scale down. Default 6 for cpu, 8 for memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
@@ -459,12 +477,21 @@ impl ResourcePolicy {
             upper: DEFAULT_UPPER,
             lower: DEFAULT_LOWER,
             up_events: DEFAULT_UP_EVENTS,
+            throttled_up_events: None,
             down_events: None,
             event_timeout: None,
             scale_up: None,
             scale_down: None,
             oom_bump: None,
         }
+    }
+
+    /// `throttledUpEvents`, defaulted: never more than `upEvents` (a throttled window is an
+    /// up event too).
+    pub fn throttled_up_events(&self) -> u32 {
+        self.throttled_up_events
+            .unwrap_or(DEFAULT_THROTTLED_UP_EVENTS)
+            .min(self.up_events)
     }
 
     /// `downEvents`, defaulted for this resource.
@@ -1071,11 +1098,21 @@ mod tests {
     }
 
     #[test]
-    fn oom_bump_is_memory_only_and_budget_covers_min() {
+    fn oom_bump_is_memory_only_throttling_cpu_only_and_budget_covers_min() {
         assert_eq!(
             messages(json!({"targetRef": target(),
                             "cpu": {"min": "1", "max": "2", "oomBump": {}}})),
             ["oomBump applies to memory only"]
+        );
+        assert_eq!(
+            messages(json!({"targetRef": target(),
+                            "memory": {"min": "1Gi", "max": "2Gi", "throttledUpEvents": 1}})),
+            ["throttledUpEvents applies to cpu only: memory is never throttled"]
+        );
+        assert!(
+            messages(json!({"targetRef": target(),
+                            "cpu": {"min": "1", "max": "2", "throttledUpEvents": 1}}))
+            .is_empty()
         );
         let sp = policy(json!({"targetRef": target(),
                                "memory": {"min": "1Gi", "max": "2Gi", "oomBump": {}}}));

@@ -7,7 +7,9 @@
 //! 1. usage above `upper` × limit is an up event, below `lower` × limit a down event;
 //!    events older than the policy's event timeout are forgotten;
 //! 2. `upEvents` up events → scale up; `downEvents` down events and no up event → scale down
-//!    (the asymmetry is the hysteresis: one busy window vetoes shrinking);
+//!    (the asymmetry is the hysteresis: one busy window vetoes shrinking). CPU usage at 95 %
+//!    of the limit or more is a *throttled* up event: the usage hides the demand and work
+//!    queues, so `throttledUpEvents` of them (default 1) are enough;
 //! 3. the new limit comes from the action (`amount`, `proportional`, `fitToUsage`), guarded
 //!    so that the same usage is inside the band at the new limit (see [`rescale`]), clamped
 //!    to [`min`, `max`] and, for memory, never below usage;
@@ -82,6 +84,8 @@ pub struct Observation {
 pub enum Reason {
     /// That many up events within the event timeout.
     UpEvents(u32),
+    /// That many throttled windows (CPU pinned at its limit) within the event timeout.
+    Throttled(u32),
     /// That many down events within the event timeout, and no up event.
     DownEvents(u32),
     /// The container was killed for running out of memory.
@@ -96,6 +100,8 @@ impl std::fmt::Display for Reason {
         match self {
             Self::UpEvents(1) => f.write_str("1 up event"),
             Self::UpEvents(n) => write!(f, "{n} up events"),
+            Self::Throttled(1) => f.write_str("throttled at its limit"),
+            Self::Throttled(n) => write!(f, "throttled at its limit {n} times"),
             Self::DownEvents(1) => f.write_str("1 down event"),
             Self::DownEvents(n) => write!(f, "{n} down events"),
             Self::OomKilled => f.write_str("out-of-memory kill"),
@@ -206,6 +212,8 @@ pub struct PolicyError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Direction {
     Up,
+    /// An up event in which the container was throttled at its limit.
+    Throttled,
     Down,
 }
 
@@ -221,8 +229,13 @@ impl Events {
         }
     }
 
-    fn count(&self, direction: Direction) -> u32 {
-        let n = self.seen.iter().filter(|&&(_, d)| d == direction).count();
+    /// Events in `directions`.
+    fn count(&self, directions: &[Direction]) -> u32 {
+        let n = self
+            .seen
+            .iter()
+            .filter(|(_, d)| directions.contains(d))
+            .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
@@ -289,6 +302,7 @@ impl Guardian {
             })?;
             let timeout = policy.event_timeout(resource).unwrap_or_default();
             let up_needed = resource_policy.up_events;
+            let throttled_needed = resource_policy.throttled_up_events();
             let down_needed = resource_policy.down_events(resource);
             let scale_up = resource_policy.scale_up(resource);
             let scale_down = resource_policy.scale_down();
@@ -328,13 +342,17 @@ impl Guardian {
                 let events = memory.events(resource);
                 events.forget_before(now.saturating_sub(timeout));
                 if let Some(usage) = observed.usage {
-                    if usage > bounds.upper * limit {
+                    if rescale::saturated(resource, limit, usage) {
+                        events.seen.push_back((now, Direction::Throttled));
+                    } else if usage > bounds.upper * limit {
                         events.seen.push_back((now, Direction::Up));
                     } else if usage < bounds.lower * limit {
                         events.seen.push_back((now, Direction::Down));
                     }
                 }
-                let (ups, downs) = (events.count(Direction::Up), events.count(Direction::Down));
+                let ups = events.count(&[Direction::Up, Direction::Throttled]);
+                let throttled = events.count(&[Direction::Throttled]);
+                let downs = events.count(&[Direction::Down]);
                 report.up_events = ups;
                 report.down_events = downs;
                 let usage = observed.usage.unwrap_or(0.0);
@@ -348,6 +366,10 @@ impl Guardian {
                     _ if observed.usage.is_some() && ups >= up_needed => Some((
                         rescale::scale_up(resource, &scale_up, &bounds, limit, usage),
                         Reason::UpEvents(ups),
+                    )),
+                    _ if observed.usage.is_some() && throttled >= throttled_needed => Some((
+                        rescale::scale_up(resource, &scale_up, &bounds, limit, usage),
+                        Reason::Throttled(throttled),
                     )),
                     _ if observed.usage.is_some() && downs >= down_needed && ups == 0 => Some((
                         rescale::scale_down(resource, &scale_down, &bounds, limit, usage),

@@ -71,6 +71,72 @@ fn two_up_events_add_the_default_amount() {
 }
 
 #[test]
+fn one_throttled_window_is_enough_to_scale_up() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("s0-abc", "cell");
+    let mut guardian = Guardian::new();
+    // 0.97 of the limit: pinned at the quota, so the usage says nothing of the demand.
+    let tick = guardian
+        .tick(&policy, secs(10), &one(&key, cpu(0.97, 1.0)))
+        .unwrap();
+    let [decision] = tick.decisions.as_slice() else {
+        panic!("one throttled window scales up: {tick:?}")
+    };
+    let change = &decision.changes[0];
+    assert_eq!(change.reason, Reason::Throttled(1));
+    assert_eq!(change.to.limit.0, "1750m");
+    assert_eq!(change.describe(), "cpu 1→1750m (throttled at its limit)");
+    // It is an up event too.
+    assert_eq!(tick.reports[&key][&ResourceName::Cpu].up_events, 1);
+    // Just below the threshold it is an ordinary up event: two are needed.
+    let mut guardian = Guardian::new();
+    let below = guardian
+        .tick(&policy, secs(10), &one(&key, cpu(0.94, 1.0)))
+        .unwrap();
+    assert!(below.decisions.is_empty(), "{below:?}");
+    // Memory is never throttled: a full memory limit waits for upEvents.
+    let memory = spec(json!({"memory": {"min": "64Mi", "max": "1Gi"}, "cooldown": "0s"}));
+    let full = Observation {
+        memory: Observed {
+            usage: Some(255.0 * MI),
+            request: None,
+            limit: Some(256.0 * MI),
+        },
+        ..Observation::default()
+    };
+    let tick = Guardian::new()
+        .tick(&memory, secs(10), &one(&key, full))
+        .unwrap();
+    assert!(tick.decisions.is_empty(), "{tick:?}");
+}
+
+#[test]
+fn throttled_up_events_can_ask_for_as_many_windows_as_any_up_event() {
+    let policy = spec(
+        json!({"cpu": {"min": "100m", "max": "4", "throttledUpEvents": 2},
+                             "cooldown": "0s"}),
+    );
+    let key = ContainerKey::new("s0-abc", "cell");
+    let mut guardian = Guardian::new();
+    let first = guardian
+        .tick(&policy, secs(10), &one(&key, cpu(1.0, 1.0)))
+        .unwrap();
+    assert!(first.decisions.is_empty(), "{first:?}");
+    let second = guardian
+        .tick(&policy, secs(20), &one(&key, cpu(1.0, 1.0)))
+        .unwrap();
+    // Two windows, both throttled and both up events: `upEvents` is checked first.
+    assert_eq!(second.decisions[0].changes[0].reason, Reason::UpEvents(2));
+    // A value above upEvents means upEvents: throttling never waits longer than an up event.
+    let lax = spec(json!({"cpu": {"min": "100m", "max": "4", "upEvents": 1,
+                                  "throttledUpEvents": 5}}));
+    let tick = Guardian::new()
+        .tick(&lax, secs(10), &one(&key, cpu(1.0, 1.0)))
+        .unwrap();
+    assert_eq!(tick.decisions.len(), 1, "{tick:?}");
+}
+
+#[test]
 fn six_down_events_fit_the_limit_to_usage() {
     let policy = cpu_policy();
     let key = ContainerKey::new("s0-abc", "cell");
@@ -105,7 +171,7 @@ fn one_busy_window_vetoes_shrinking() {
     for _ in 0..3 {
         assert!(step(0.2).decisions.is_empty());
     }
-    assert!(step(1.9).decisions.is_empty(), "a single up event");
+    assert!(step(1.8).decisions.is_empty(), "a single up event");
     for _ in 0..3 {
         assert!(
             step(0.2).decisions.is_empty(),
@@ -121,13 +187,13 @@ fn old_events_are_forgotten() {
     let mut guardian = Guardian::new();
     assert!(
         guardian
-            .tick(&policy, secs(0), &one(&key, cpu(0.95, 1.0)))
+            .tick(&policy, secs(0), &one(&key, cpu(0.9, 1.0)))
             .unwrap()
             .decisions
             .is_empty()
     );
     let later = guardian
-        .tick(&policy, secs(91), &one(&key, cpu(0.95, 1.0)))
+        .tick(&policy, secs(91), &one(&key, cpu(0.9, 1.0)))
         .unwrap();
     assert!(later.decisions.is_empty(), "the first event expired");
     assert_eq!(later.reports[&key][&ResourceName::Cpu].up_events, 1);
@@ -306,11 +372,11 @@ fn vanished_pods_are_forgotten() {
     let key = ContainerKey::new("p", "c");
     let mut guardian = Guardian::new();
     guardian
-        .tick(&policy, secs(10), &one(&key, cpu(0.95, 1.0)))
+        .tick(&policy, secs(10), &one(&key, cpu(0.9, 1.0)))
         .unwrap();
     guardian.tick(&policy, secs(20), &BTreeMap::new()).unwrap();
     let back = guardian
-        .tick(&policy, secs(30), &one(&key, cpu(0.95, 1.0)))
+        .tick(&policy, secs(30), &one(&key, cpu(0.9, 1.0)))
         .unwrap();
     assert!(back.decisions.is_empty(), "events of the old pod are gone");
 }
