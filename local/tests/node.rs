@@ -332,6 +332,31 @@ fn cell_pod_runs_restarts_and_resizes_in_place() {
     assert!(series.ends_with(" 80000"), "{series}");
     assert!(text.contains("container_cpu_usage_seconds_total{container=\"cell\""));
     assert!(text.contains("container_memory_working_set_bytes{container=\"cell\""));
+    // CFS throttling counters, from the container's real cpu.stat.
+    let value = |family: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{family}{{container=\"cell\"")))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {family} series for the cell in:\n{text}"))
+    };
+    let periods = value("container_cpu_cfs_periods_total");
+    let throttled = value("container_cpu_cfs_throttled_periods_total");
+    assert!(value("container_cpu_cfs_throttled_seconds_total") >= 0.0);
+    assert!(throttled <= periods, "{throttled} of {periods} periods");
+    // The cell has run under its quota since it started, so periods have elapsed.
+    assert!(periods > 0.0, "no CFS periods counted for a running cell");
+    let stat = std::fs::read_to_string(cluster.cgroup_file("cpu", &pod, "cell", "cpu.stat"))
+        .expect("the cell's cgroup has a cpu.stat");
+    let now: f64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_periods "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no nr_periods in {stat}"));
+    assert!(
+        periods <= now,
+        "the reading ({periods}) is a counter of this cgroup: at most today's {now}"
+    );
     let top = eventually(
         "kubectl top pod lists the cell",
         Duration::from_secs(20),

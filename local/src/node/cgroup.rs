@@ -26,6 +26,13 @@ pub struct Stats {
     pub memory_working_set_bytes: u64,
     /// How many times the kernel's OOM killer killed a process of this cgroup.
     pub oom_kills: u64,
+    /// CFS bandwidth periods in which the cgroup had runnable tasks (`nr_periods`; the
+    /// period timer stops while it is idle, so idle time adds none).
+    pub cpu_periods: u64,
+    /// Of those, periods in which it used up its quota and was throttled (`nr_throttled`).
+    pub cpu_throttled_periods: u64,
+    /// Total time its tasks waited throttled, in nanoseconds.
+    pub cpu_throttled_ns: u64,
 }
 
 /// A cgroup hierarchy the agent manages containers in.
@@ -116,6 +123,19 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 }
 
 /// `key value` lines (memory.stat, memory.events, memory.oom_control, cpu.stat).
+/// `(periods, throttled periods, throttled ns)` from a `cpu.stat`; zeros when the file is
+/// missing (a CPU controller without CFS bandwidth control), since throttling is an extra
+/// reading that must not fail the others. `throttled_key` and `scale` name the time field:
+/// `throttled_time` in ns (v1) or `throttled_usec` (v2).
+fn throttling(path: &Path, throttled_key: &str, scale: u64) -> (u64, u64, u64) {
+    let read = |key: &str| keyed(path, key).unwrap_or(0);
+    (
+        read("nr_periods"),
+        read("nr_throttled"),
+        read(throttled_key).saturating_mul(scale),
+    )
+}
+
 fn keyed(path: &Path, key: &str) -> io::Result<u64> {
     let text = fs::read_to_string(path)?;
     Ok(text
@@ -217,10 +237,15 @@ impl Cgroups for V1 {
         let memory = self.dir("memory", id);
         let usage = read_u64(&memory.join("memory.usage_in_bytes"))?;
         let inactive = keyed(&memory.join("memory.stat"), "total_inactive_file")?;
+        let (cpu_periods, cpu_throttled_periods, cpu_throttled_ns) =
+            throttling(&self.dir("cpu", id).join("cpu.stat"), "throttled_time", 1);
         Ok(Stats {
             cpu_usage_ns: read_u64(&self.dir("cpuacct", id).join("cpuacct.usage"))?,
             memory_working_set_bytes: usage.saturating_sub(inactive),
             oom_kills: keyed(&memory.join("memory.oom_control"), "oom_kill")?,
+            cpu_periods,
+            cpu_throttled_periods,
+            cpu_throttled_ns,
         })
     }
 
@@ -336,10 +361,15 @@ impl Cgroups for V2 {
         let dir = self.dir(id);
         let usage = read_u64(&dir.join("memory.current"))?;
         let inactive = keyed(&dir.join("memory.stat"), "inactive_file")?;
+        let (cpu_periods, cpu_throttled_periods, cpu_throttled_ns) =
+            throttling(&dir.join("cpu.stat"), "throttled_usec", 1000);
         Ok(Stats {
             cpu_usage_ns: keyed(&dir.join("cpu.stat"), "usage_usec")? * 1000,
             memory_working_set_bytes: usage.saturating_sub(inactive),
             oom_kills: keyed(&dir.join("memory.events"), "oom_kill")?,
+            cpu_periods,
+            cpu_throttled_periods,
+            cpu_throttled_ns,
         })
     }
 
@@ -478,7 +508,11 @@ mod tests {
 
         fs::write(leaf.join("memory.current"), "1000\n").unwrap();
         fs::write(leaf.join("memory.stat"), "anon 600\ninactive_file 300\n").unwrap();
-        fs::write(leaf.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
+        fs::write(
+            leaf.join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\nnr_periods 40\nnr_throttled 30\nthrottled_usec 2500\n",
+        )
+        .unwrap();
         fs::write(
             leaf.join("memory.events"),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
@@ -489,7 +523,10 @@ mod tests {
             Stats {
                 cpu_usage_ns: 1_500_000,
                 memory_working_set_bytes: 700,
-                oom_kills: 1
+                oom_kills: 1,
+                cpu_periods: 40,
+                cpu_throttled_periods: 30,
+                cpu_throttled_ns: 2_500_000,
             }
         );
         assert!(V2::usable(root.path()));
@@ -534,5 +571,34 @@ mod tests {
         .unwrap();
         assert_eq!(cg.read_limits("u/c").unwrap().cpu_quota_us, None);
         assert_eq!(cg.cpu_quota_file("u/c"), cpu.join("cpu.cfs_quota_us"));
+    }
+
+    #[test]
+    fn v1_stats_read_throttling_from_cpu_stat_and_zeros_without_it() {
+        let root = tempfile::tempdir().unwrap();
+        let cg = V1::new(root.path(), "cm");
+        cg.create("u/c", &limits()).unwrap();
+        let memory = root.path().join("memory/cm/u/c");
+        fs::write(memory.join("memory.usage_in_bytes"), "1000\n").unwrap();
+        fs::write(memory.join("memory.stat"), "total_inactive_file 100\n").unwrap();
+        fs::write(memory.join("memory.oom_control"), "oom_kill 0\n").unwrap();
+        fs::write(root.path().join("cpuacct/cm/u/c/cpuacct.usage"), "7\n").unwrap();
+        // No cpu.stat (no CFS bandwidth control): the other readings still come.
+        let stats = cg.stats("u/c").unwrap();
+        assert_eq!((stats.cpu_usage_ns, stats.cpu_periods), (7, 0));
+        fs::write(
+            root.path().join("cpu/cm/u/c/cpu.stat"),
+            "nr_periods 50\nnr_throttled 45\nthrottled_time 3000000000\n",
+        )
+        .unwrap();
+        let stats = cg.stats("u/c").unwrap();
+        assert_eq!(
+            (
+                stats.cpu_periods,
+                stats.cpu_throttled_periods,
+                stats.cpu_throttled_ns
+            ),
+            (50, 45, 3_000_000_000)
+        );
     }
 }

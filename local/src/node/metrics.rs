@@ -2,7 +2,10 @@
 //! - `GET /metrics/cadvisor`: cAdvisor-compatible Prometheus text with
 //!   `container_cpu_usage_seconds_total`, `container_memory_working_set_bytes`,
 //!   `container_spec_cpu_quota`, `container_spec_cpu_period`, `container_spec_cpu_shares`,
-//!   `container_spec_memory_limit_bytes` and `container_oom_events_total`, labelled
+//!   `container_spec_memory_limit_bytes`, `container_oom_events_total` and the CFS
+//!   throttling counters `container_cpu_cfs_periods_total`,
+//!   `container_cpu_cfs_throttled_periods_total`, `container_cpu_cfs_throttled_seconds_total`,
+//!   labelled
 //!   `namespace`, `pod`, `container` (plus `id`, `image`, `name`), read from the cgroups;
 //! - `GET /metrics/resource`: JSON `{"node": NodeMetrics, "pods": [PodMetrics]}` in the
 //!   `metrics.k8s.io/v1beta1` shapes — the readings the API server serves for `kubectl top`
@@ -180,7 +183,7 @@ fn escape(value: &str) -> String {
 /// The cAdvisor exposition.
 pub fn cadvisor(agent: &Agent) -> String {
     let containers = running(agent);
-    let families: [(&str, &str, &str); 7] = [
+    let families: [(&str, &str, &str); 10] = [
         (
             "container_cpu_usage_seconds_total",
             "counter",
@@ -216,6 +219,21 @@ pub fn cadvisor(agent: &Agent) -> String {
             "counter",
             "Count of out of memory events observed for the container",
         ),
+        (
+            "container_cpu_cfs_periods_total",
+            "counter",
+            "Number of elapsed enforcement period intervals.",
+        ),
+        (
+            "container_cpu_cfs_throttled_periods_total",
+            "counter",
+            "Number of throttled period intervals.",
+        ),
+        (
+            "container_cpu_cfs_throttled_seconds_total",
+            "counter",
+            "Total time duration the container has been throttled.",
+        ),
     ];
     let mut rows: Vec<Vec<(String, f64)>> = vec![Vec::new(); families.len()];
     for c in &containers {
@@ -245,7 +263,10 @@ pub fn cadvisor(agent: &Agent) -> String {
             rows[4].push((labels.clone(), l.cpu_shares as f64));
             rows[5].push((labels.clone(), l.memory_limit_bytes.unwrap_or(0) as f64));
         }
-        rows[6].push((labels, stats.oom_kills as f64));
+        rows[6].push((labels.clone(), stats.oom_kills as f64));
+        rows[7].push((labels.clone(), stats.cpu_periods as f64));
+        rows[8].push((labels.clone(), stats.cpu_throttled_periods as f64));
+        rows[9].push((labels, stats.cpu_throttled_ns as f64 / 1e9));
     }
     let mut out = String::new();
     for ((name, kind, help), rows) in families.iter().zip(rows) {
