@@ -923,4 +923,42 @@ spec:
         1.0,
         "{text}"
     );
+
+    // A lowered max reaches the template: the recommendation is clamped to it (the
+    // request keeps its 1:2 ratio), and the template follows.
+    cluster.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "scalingpolicy",
+        "recreate",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"cpu":{"max":"1"}}}"#,
+    ]);
+    eventually("the template clamped to the new max", WAIT, || {
+        let d = cluster.get(NS, "deployment/s4")?;
+        (template_cpu(&d) == ("1".into(), "500m".into())).then_some(())
+    });
+    // Away from InPlaceOrRecreate the recommendation leaves the status (a merge patch
+    // must send it as null) and the template goes back to the WorkModel's resources.
+    cluster.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "scalingpolicy",
+        "recreate",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"mode":"InPlace"}}"#,
+    ]);
+    eventually("templateRecommendations gone from the status", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/recreate")?;
+        (sp["status"].is_object() && sp["status"]["templateRecommendations"].is_null())
+            .then_some(())
+    });
+    eventually("the template back at the spec's size", WAIT, || {
+        let d = cluster.get(NS, "deployment/s4")?;
+        (template_cpu(&d) == ("500m".into(), "250m".into())).then_some(())
+    });
 }
