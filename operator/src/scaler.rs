@@ -23,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use serde_json::{Value, json};
 
 use crate::build::{APP_LABEL, SERVICE_LABEL};
-use crate::guardian::rescale;
+use crate::guardian::{self, rescale};
 use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed, Reason, Size};
 
 /// A refused patch is sent again after at most this many intervals.
@@ -133,10 +133,7 @@ pub fn adopt(pod: &Pod, sizes: &[WorkloadSize], policy: &ScalingPolicySpec) -> V
                     if (target - limit).abs() < rescale::grid(resource) / 2.0 {
                         return None;
                     }
-                    let format = |value: f64| match resource {
-                        Resource::Cpu => quantity::cpu(value),
-                        Resource::Memory => quantity::memory(value),
-                    };
+                    let format = |value: f64| guardian::format(resource, value);
                     Some(Change {
                         resource,
                         from: Size {
@@ -190,10 +187,7 @@ pub fn clamp_sizes(sizes: &mut Vec<WorkloadSize>, policy: &ScalingPolicySpec) ->
             if (target - limit).abs() < rescale::grid(resource) / 2.0 {
                 continue;
             }
-            let format = |value: f64| match resource {
-                Resource::Cpu => quantity::cpu(value),
-                Resource::Memory => quantity::memory(value),
-            };
+            let format = |value: f64| guardian::format(resource, value);
             if let Some(request) = &given.request
                 && let Ok(request) = quantity::parse(&request.0)
             {
@@ -229,10 +223,7 @@ pub fn unapplied_sizes(pod: &Pod) -> Vec<(String, Resource, ContainerSize)> {
             if (limit - actual_limit).abs() < rescale::grid(resource) / 2.0 {
                 continue;
             }
-            let format = |value: f64| match resource {
-                Resource::Cpu => quantity::cpu(value),
-                Resource::Memory => quantity::memory(value),
-            };
+            let format = |value: f64| guardian::format(resource, value);
             unapplied.push((
                 wanted.name.clone(),
                 resource,

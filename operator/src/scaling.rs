@@ -61,7 +61,7 @@ use serde_json::{Value, json};
 
 // The labels the WorkModel and App builders put on their pods select a policy's targets.
 use crate::build::{APP_LABEL, ResourceOverrides, SERVICE_LABEL, WORKMODEL_LABEL};
-use crate::guardian::{ContainerKey, Decision, Guardian, ResourceName, Tick};
+use crate::guardian::{self, ContainerKey, Decision, Guardian, ResourceName, Tick};
 use crate::scaler::{self, ResizeState};
 use crate::telemetry::{Health, ScalingResult};
 use crate::usage::{self, Prometheus, UsageError};
@@ -1438,10 +1438,7 @@ pub fn container_statuses(tick: &Tick) -> Vec<ContainerScalingStatus> {
         .map(|(key, reports)| {
             let resource_status = |name: ResourceName, resource: Resource| {
                 reports.get(&name).map(|report| {
-                    let format = |value: f64| match resource {
-                        Resource::Cpu => quantity::cpu(value),
-                        Resource::Memory => quantity::memory(value),
-                    };
+                    let format = |value: f64| guardian::format(resource, value);
                     ResourceScalingStatus {
                         usage: report.usage.map(format),
                         request: report.request.map(format),

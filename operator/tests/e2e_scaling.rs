@@ -926,32 +926,26 @@ spec:
 
     // A lowered max reaches the template: the recommendation is clamped to it (the
     // request keeps its 1:2 ratio), and the template follows.
-    cluster.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "scalingpolicy",
-        "recreate",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"cpu":{"max":"1"}}}"#,
-    ]);
+    let patch_policy = |patch: &str| {
+        cluster.kubectl(&[
+            "-n",
+            NS,
+            "patch",
+            "scalingpolicy",
+            "recreate",
+            "--type=merge",
+            "-p",
+            patch,
+        ])
+    };
+    patch_policy(r#"{"spec":{"cpu":{"max":"1"}}}"#);
     eventually("the template clamped to the new max", WAIT, || {
         let d = cluster.get(NS, "deployment/s4")?;
         (template_cpu(&d) == ("1".into(), "500m".into())).then_some(())
     });
     // Away from InPlaceOrRecreate the recommendation leaves the status (a merge patch
     // must send it as null) and the template goes back to the WorkModel's resources.
-    cluster.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "scalingpolicy",
-        "recreate",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"mode":"InPlace"}}"#,
-    ]);
+    patch_policy(r#"{"spec":{"mode":"InPlace"}}"#);
     eventually("templateRecommendations gone from the status", WAIT, || {
         let sp = cluster.get(NS, "scalingpolicy/recreate")?;
         (sp["status"].is_object() && sp["status"]["templateRecommendations"].is_null())

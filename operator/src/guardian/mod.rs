@@ -455,7 +455,8 @@ fn on_grid_equal(resource: Resource, a: f64, b: f64) -> bool {
     (a - b).abs() < rescale::grid(resource) / 2.0
 }
 
-fn format(resource: Resource, value: f64) -> Quantity {
+/// `value` of `resource` as a Kubernetes quantity (`1250m`, `228Mi`).
+pub fn format(resource: Resource, value: f64) -> Quantity {
     match resource {
         Resource::Cpu => quantity::cpu(value),
         Resource::Memory => quantity::memory(value),
