@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use crate::build::{APP_LABEL, SERVICE_LABEL};
 use crate::guardian::{self, rescale};
 use crate::guardian::{Change, ContainerKey, Decision, Observation, Observed, Reason, Size};
+use crate::usage::Usage;
 
 /// A refused patch is sent again after at most this many intervals.
 pub const MAX_BACKOFF_INTERVALS: u32 = 10;
@@ -484,11 +485,7 @@ pub fn in_force(pod: &Pod) -> Pod {
 
 /// The Guardian's view of a pod's containers: requests and limits from the spec, usage from
 /// the metric samples, the last out-of-memory kill from the container statuses.
-pub fn observe(
-    pod: &Pod,
-    cpu_usage: &BTreeMap<ContainerKey, f64>,
-    memory_usage: &BTreeMap<ContainerKey, f64>,
-) -> BTreeMap<ContainerKey, Observation> {
+pub fn observe(pod: &Pod, usage: &Usage) -> BTreeMap<ContainerKey, Observation> {
     let Some(name) = pod.metadata.name.as_deref() else {
         return BTreeMap::new();
     };
@@ -518,8 +515,9 @@ pub fn observe(
                         .map_or_else(|| format!("exit {}", t.exit_code), |at| at.0.to_string())
                 });
             let observation = Observation {
-                cpu: observed(container, Resource::Cpu, cpu_usage.get(&key).copied()),
-                memory: observed(container, Resource::Memory, memory_usage.get(&key).copied()),
+                cpu: observed(container, Resource::Cpu, usage.cpu.get(&key).copied()),
+                memory: observed(container, Resource::Memory, usage.memory.get(&key).copied()),
+                cpu_throttling: usage.cpu_throttling.get(&key).copied(),
                 last_oom,
             };
             (key, observation)
@@ -717,19 +715,24 @@ mod tests {
             .unwrap()
             .insert("cpu".into(), KubeQuantity("64".into()));
         let key = ContainerKey::new("s0-abc", "cell");
-        let wanted = observe(&pod, &BTreeMap::new(), &BTreeMap::new());
+        let wanted = observe(&pod, &Usage::default());
         assert_eq!(wanted[&key].cpu.limit, Some(64.0));
-        let actual = observe(&in_force(&pod), &BTreeMap::new(), &BTreeMap::new());
+        let actual = observe(&in_force(&pod), &Usage::default());
         assert_eq!(actual[&key].cpu.limit, Some(0.5));
     }
 
     #[test]
     fn observation_takes_sizes_from_the_spec_and_the_oom_from_the_last_state() {
         let key = ContainerKey::new("s0-abc", "cell");
-        let cpu = BTreeMap::from([(key.clone(), 0.4)]);
-        let observations = observe(&running_pod(), &cpu, &BTreeMap::new());
+        let usage = Usage {
+            cpu: BTreeMap::from([(key.clone(), 0.4)]),
+            cpu_throttling: BTreeMap::from([(key.clone(), 0.3)]),
+            ..Usage::default()
+        };
+        let observations = observe(&running_pod(), &usage);
         let observation = &observations[&key];
         assert_eq!(observation.cpu.usage, Some(0.4));
+        assert_eq!(observation.cpu_throttling, Some(0.3));
         assert_eq!(observation.cpu.limit, Some(0.5));
         assert_eq!(observation.cpu.request, Some(0.25));
         assert_eq!(observation.memory.usage, None);

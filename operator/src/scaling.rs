@@ -64,7 +64,7 @@ use crate::build::{APP_LABEL, ResourceOverrides, SERVICE_LABEL, WORKMODEL_LABEL}
 use crate::guardian::{self, ContainerKey, Decision, Guardian, ResourceName, Tick};
 use crate::scaler::{self, ResizeState};
 use crate::telemetry::{Health, ScalingResult};
-use crate::usage::{self, Prometheus, UsageError};
+use crate::usage::{self, Prometheus, Usage, UsageError};
 
 /// How the controller runs.
 #[derive(Clone, Debug)]
@@ -329,20 +329,26 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
 
     let source = Source::of(spec, &context.config);
     let usage = read_usage(&context, spec, &namespace, &source).await;
-    let (cpu_usage, memory_usage) = match usage {
-        Ok(samples) => {
+    let usage = match usage {
+        Ok((usage, throttling_error)) => {
+            let mut message = format!("usage read from {}", source.describe());
+            if let Some(err) = throttling_error {
+                // Optional: the usage alone still decides, so this only explains why a
+                // bursty container is not seen as throttled.
+                message.push_str(&format!("; CPU throttling unknown: {err}"));
+            }
             conditions::set(
                 &mut status.conditions,
                 condition(
                     cond::METRICS_AVAILABLE,
                     true,
                     "QuerySucceeded",
-                    format!("usage read from {}", source.describe()),
+                    message,
                     generation,
                 ),
                 now_time.clone(),
             );
-            samples
+            usage
         }
         Err(err) => {
             conditions::set(
@@ -382,9 +388,9 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
                 resize_states.get(&pod.name_any()),
                 Some(ResizeState::Infeasible(_))
             ) {
-                scaler::observe(&scaler::in_force(pod), &cpu_usage, &memory_usage)
+                scaler::observe(&scaler::in_force(pod), &usage)
             } else {
-                scaler::observe(pod, &cpu_usage, &memory_usage)
+                scaler::observe(pod, &usage)
             }
         })
         .collect();
@@ -1178,31 +1184,28 @@ impl Source {
     }
 }
 
+/// The guarded resources' usage, and why the optional CPU throttling reading failed, if it
+/// did (`metrics.k8s.io` has none: there only the usage decides).
 async fn read_usage(
     context: &Context,
     spec: &ScalingPolicySpec,
     namespace: &str,
     source: &Source,
-) -> Result<(BTreeMap<ContainerKey, f64>, BTreeMap<ContainerKey, f64>), UsageError> {
+) -> Result<(Usage, Option<UsageError>), UsageError> {
     let url = match source {
         Source::Prometheus(url) => url,
         Source::MetricsApi => {
-            let usage =
+            let mut usage =
                 usage::metrics_api_usage(&context.client, namespace, context.config.query_timeout)
                     .await?;
             // PodMetrics carry both resources; keep only the guarded ones, as with PromQL.
-            return Ok((
-                if spec.cpu.is_some() {
-                    usage.cpu
-                } else {
-                    BTreeMap::new()
-                },
-                if spec.memory.is_some() {
-                    usage.memory
-                } else {
-                    BTreeMap::new()
-                },
-            ));
+            if spec.cpu.is_none() {
+                usage.cpu.clear();
+            }
+            if spec.memory.is_none() {
+                usage.memory.clear();
+            }
+            return Ok((usage, None));
         }
     };
     let prometheus = Prometheus::new(url, context.config.query_timeout)?;
@@ -1226,7 +1229,31 @@ async fn read_usage(
         }
         None => BTreeMap::new(),
     };
-    Ok((cpu, memory))
+    let (cpu_throttling, throttling_error) = match spec.cpu {
+        Some(_) => match prometheus
+            .usage(
+                &usage::render(spec.metrics.throttling_query(), window),
+                namespace,
+            )
+            .await
+        {
+            Ok(shares) => (shares, None),
+            Err(err) => {
+                // Every tick would repeat it; the condition's message carries it.
+                tracing::debug!(%namespace, error = %err, "no CPU throttling readings");
+                (BTreeMap::new(), Some(err))
+            }
+        },
+        None => (BTreeMap::new(), None),
+    };
+    Ok((
+        Usage {
+            cpu,
+            memory,
+            cpu_throttling,
+        },
+        throttling_error,
+    ))
 }
 
 async fn write_status(
@@ -1432,6 +1459,12 @@ fn label_selector(selector: &LabelSelector) -> String {
 }
 
 /// The status entries of every observed container, from a tick's reports.
+/// A share (0–1) as a whole percentage, for the status.
+fn percent(share: f64) -> u32 {
+    // Saturating: the cast clamps NaN and out-of-range values into 0..=u32::MAX.
+    (share.clamp(0.0, 1.0) * 100.0).round() as u32
+}
+
 pub fn container_statuses(tick: &Tick) -> Vec<ContainerScalingStatus> {
     tick.reports
         .iter()
@@ -1448,6 +1481,8 @@ pub fn container_statuses(tick: &Tick) -> Vec<ContainerScalingStatus> {
                         up_events: report.up_events,
                         down_events: report.down_events,
                         recommendation: report.recommendation.map(format),
+                        throttled_percent: report.throttling.map(percent),
+                        floor: report.floor.map(format),
                     }
                 })
             };

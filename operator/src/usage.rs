@@ -46,11 +46,13 @@ pub enum UsageError {
     MetricsApi { namespace: String, reason: String },
 }
 
-/// Usage of every container of a namespace: CPU in cores, memory in bytes.
+/// Usage of every container of a namespace: CPU in cores, memory in bytes, and the share of
+/// CPU periods throttled where the source knows it (Prometheus with cAdvisor's counters).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Usage {
     pub cpu: BTreeMap<ContainerKey, f64>,
     pub memory: BTreeMap<ContainerKey, f64>,
+    pub cpu_throttling: BTreeMap<ContainerKey, f64>,
 }
 
 /// A `PodMetricsList` of `metrics.k8s.io/v1beta1` (only the fields the Guardian needs).

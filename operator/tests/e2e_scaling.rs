@@ -21,11 +21,14 @@ use serde_json::{Value, json};
 const NS: &str = "demo";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// What the fake Prometheus answers: a CPU usage in cores, or an error.
+/// What the fake Prometheus answers: a CPU usage in cores (or a share of throttled CPU
+/// periods), or an error.
 type Answer = Arc<Mutex<Result<f64, String>>>;
 
-/// Serves `POST /api/v1/query` with the usage of pod `web-0`'s `cell` container.
-fn fake_prometheus(answer: Answer) -> SocketAddr {
+/// Serves `POST /api/v1/query` for pod `web-0`'s `cell` container: throttling queries
+/// (cAdvisor's `container_cpu_cfs_throttled_periods_total`) get `throttling`, every other
+/// query `answer`.
+fn fake_prometheus(answer: Answer, throttling: Answer) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -35,8 +38,12 @@ fn fake_prometheus(answer: Answer) -> SocketAddr {
         runtime.block_on(async move {
             let app = axum::Router::new().route(
                 "/api/v1/query",
-                axum::routing::post(move || {
-                    let answer = answer.lock().unwrap().clone();
+                axum::routing::post(move |body: String| {
+                    let answer = if body.contains("throttled") {
+                        throttling.lock().unwrap().clone()
+                    } else {
+                        answer.lock().unwrap().clone()
+                    };
                     async move {
                         match answer {
                             Ok(cores) => (
@@ -89,7 +96,8 @@ fn a_busy_pod_is_resized_in_place_and_a_failing_prometheus_holds_sizes() {
         "--timeout=30s",
     ]);
     let answer: Answer = Arc::new(Mutex::new(Ok(0.5)));
-    let prometheus = fake_prometheus(answer.clone());
+    let throttling: Answer = Arc::new(Mutex::new(Ok(0.0)));
+    let prometheus = fake_prometheus(answer.clone(), throttling.clone());
 
     // A pod of service s0 of WorkModel shop, Burstable (request = limit / 2), reported
     // running with its resources in force, as the kubelet would.
@@ -151,8 +159,8 @@ spec:
     cluster.apply(NS, &policy);
     let operator = cluster.operator("solo", &[]);
 
-    // Usage at the limit (0.5 of 0.5) → two up events → +750m, capped at usage / lower =
-    // 1.25 cores; the request keeps its 1:2 ratio.
+    // Usage at the limit (0.5 of 0.5): throttled → +750m = 1.25 cores; the request keeps its
+    // 1:2 ratio.
     eventually("the CPU limit raised in place", WAIT, || {
         (cpu_limit(&cluster) == "1250m").then_some(())
     });
@@ -259,7 +267,10 @@ spec:
         "held while metrics are missing"
     );
 
-    // It resumes by itself once Prometheus answers again.
+    // It resumes by itself once Prometheus answers again. The usage is low (0.1 of 1.25) but
+    // the bursts are throttled in half the CPU periods: that is a throttled window, and the
+    // limit grows by the whole step to max.
+    *throttling.lock().unwrap() = Ok(0.5);
     *answer.lock().unwrap() = Ok(0.1);
     eventually("MetricsAvailable=True again", WAIT, || {
         let sp = cluster.get(NS, "scalingpolicy/shop")?;
@@ -267,22 +278,82 @@ spec:
             .filter(|c| c["status"] == "True")
             .map(|_| ())
     });
+    eventually("the throttled container grown to max", WAIT, || {
+        (cpu_limit(&cluster) == "2").then_some(())
+    });
+    let sp = eventually("the throttling in the status", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/shop")?;
+        let cpu = &sp["status"]["containers"][0]["cpu"];
+        (cpu["throttledPercent"] == 50 && cpu["limit"] == "2").then_some(sp)
+    });
+    assert!(
+        sp["status"]["lastAction"]
+            .as_str()
+            .is_some_and(|a| a.contains("1250m→2 (throttled at its limit)")),
+        "{}",
+        sp["status"]
+    );
+    // The throttling stops. The usage is a down event at 2 cores, but fitting it (150m)
+    // would throttle the bursts again: the floor (2 / 0.8, clamped to max) holds the limit.
+    *throttling.lock().unwrap() = Ok(0.0);
+    // Once the throttled windows leave the event timeout, nothing vetoes the six down events.
+    let sp = eventually("six down events and no up event", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/shop")?;
+        let cpu = &sp["status"]["containers"][0]["cpu"];
+        (cpu["throttledPercent"] == 0
+            && cpu["upEvents"] == 0
+            && cpu["downEvents"].as_u64() >= Some(6))
+        .then_some(sp)
+    });
+    let cpu = &sp["status"]["containers"][0]["cpu"];
+    assert_eq!(cpu["floor"], "2", "{cpu}");
+    assert_eq!(cpu_limit(&cluster), "2", "held at the throttling floor");
+    // The load goes (below 40 % of the throttled usage): the floor is forgotten and the
+    // limit comes down to min.
+    *answer.lock().unwrap() = Ok(0.01);
+    eventually("the limit back to min", WAIT, || {
+        (cpu_limit(&cluster) == "100m").then_some(())
+    });
+    // A failing throttling query only costs that reading: usage still decides.
+    *throttling.lock().unwrap() = Err("no such series".into());
+    let sp = eventually("the throttling failure explained", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/shop")?;
+        condition(&sp, "MetricsAvailable")
+            .filter(|c| {
+                c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("CPU throttling unknown"))
+            })
+            .map(|_| sp.clone())
+    });
+    let available = condition(&sp, "MetricsAvailable").unwrap();
+    assert_eq!(available["status"], "True", "{available}");
+    assert!(
+        available["message"]
+            .as_str()
+            .unwrap()
+            .contains("no such series"),
+        "{available}"
+    );
 }
 
 /// Per pod of namespace `demo`: (pod, CPU cores, memory bytes) of its `cell` container.
 type Usages = Arc<Mutex<Vec<(String, f64, f64)>>>;
 
 /// Serves `POST /api/v1/query`: memory queries (cAdvisor's `container_memory_…`) get the
-/// memory figures, every other query the CPU figures.
+/// memory figures, throttling queries an empty vector, every other query the CPU figures.
 fn fake_prometheus_per_pod(usages: Usages) -> SocketAddr {
     serve_fake(axum::Router::new().route(
         "/api/v1/query",
         axum::routing::post(move |body: String| {
             let memory = body.contains("memory");
+            // No throttling readings: these pods are sized by their usage alone.
+            let throttling = body.contains("throttled");
             let result: Vec<Value> = usages
                 .lock()
                 .unwrap()
                 .iter()
+                .filter(|_| !throttling)
                 .map(|(pod, cpu, bytes)| {
                     let value = if memory { *bytes } else { *cpu };
                     json!({"metric": {"namespace": NS, "pod": pod, "container": "cell"},

@@ -63,6 +63,14 @@ pub const DEFAULT_FIT_MARGIN: f64 = 0.5;
 /// Default PromQL for CPU usage (cores) per container; `{{window}}` becomes the policy's window.
 pub const DEFAULT_CPU_QUERY: &str = "sum by (namespace,pod,container) \
      (irate(container_cpu_usage_seconds_total{container!=\"\"}[{{window}}]))";
+/// Default PromQL for the share of CFS periods (0–1) in which each container was throttled
+/// over the window: cAdvisor's `container_cpu_cfs_throttled_periods_total` over
+/// `container_cpu_cfs_periods_total`. Periods count only while the container has runnable
+/// threads, so idle time does not dilute it.
+pub const DEFAULT_THROTTLING_QUERY: &str = "sum by (namespace,pod,container) \
+     (irate(container_cpu_cfs_throttled_periods_total{container!=\"\"}[{{window}}])) \
+     / sum by (namespace,pod,container) \
+     (irate(container_cpu_cfs_periods_total{container!=\"\"}[{{window}}]))";
 /// Default PromQL for memory usage (bytes) per container.
 pub const DEFAULT_MEMORY_QUERY: &str =
     "max by (namespace,pod,container) (container_memory_working_set_bytes{container!=\"\"})";
@@ -626,8 +634,9 @@ pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<PrometheusSource>,
     /// PromQL giving CPU usage in cores by `namespace`, `pod` and `container`; `{{window}}`
-    /// is replaced by the window. Default: the rate of cAdvisor's
-    /// `container_cpu_usage_seconds_total` over the window.
+    /// is replaced by the window. Default: the per-second rate of cAdvisor's
+    /// `container_cpu_usage_seconds_total` between the last two samples in the window
+    /// (`irate`), which sees a load step one scrape sooner than `rate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub cpu_query: Option<String>,
@@ -636,6 +645,15 @@ pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub memory_query: Option<String>,
+    /// PromQL giving, by `namespace`, `pod` and `container`, the share (0–1) of CPU periods
+    /// in which the container was throttled by its limit; `{{window}}` is replaced by the
+    /// window. A window throttled in a quarter of its periods or more counts as throttled
+    /// even when its average usage is below the limit (bursts). Optional: when it fails or
+    /// has no sample, only the usage decides. Default: cAdvisor's
+    /// `container_cpu_cfs_throttled_periods_total` over `container_cpu_cfs_periods_total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub throttling_query: Option<String>,
 }
 
 impl Metrics {
@@ -652,6 +670,13 @@ impl Metrics {
     /// The memory query, defaulted.
     pub fn memory_query(&self) -> &str {
         self.memory_query.as_deref().unwrap_or(DEFAULT_MEMORY_QUERY)
+    }
+
+    /// The CPU throttling query, defaulted.
+    pub fn throttling_query(&self) -> &str {
+        self.throttling_query
+            .as_deref()
+            .unwrap_or(DEFAULT_THROTTLING_QUERY)
     }
 }
 
@@ -808,6 +833,15 @@ pub struct ResourceScalingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::optional_quantity")]
     pub recommendation: Option<Quantity>,
+    /// CPU only: the percentage of CPU periods in the last window in which the container
+    /// was throttled by its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_percent: Option<u32>,
+    /// CPU only: a scale-down goes no lower than this. The container was throttled at the
+    /// limit `upper` × floor, and its usage has not fallen below `lower` × what it was then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::optional_quantity")]
+    pub floor: Option<Quantity>,
 }
 
 /// A Go-style duration string (`10s`, `1m30s`, `500ms`): what both Kubernetes' CEL

@@ -7,12 +7,14 @@
 //! 1. usage above `upper` × limit is an up event, below `lower` × limit a down event;
 //!    events older than the policy's event timeout are forgotten;
 //! 2. `upEvents` up events → scale up; `downEvents` down events and no up event → scale down
-//!    (the asymmetry is the hysteresis: one busy window vetoes shrinking). CPU usage at 95 %
-//!    of the limit or more is a *throttled* up event: the usage hides the demand and work
-//!    queues, so `throttledUpEvents` of them (default 1) are enough;
+//!    (the asymmetry is the hysteresis: one busy window vetoes shrinking). A CPU window with
+//!    usage at 95 % of the limit or more, or throttled in a quarter of its CPU periods or
+//!    more, is a *throttled* up event: the usage hides the demand and work queues, so
+//!    `throttledUpEvents` of them (default 1) are enough;
 //! 3. the new limit comes from the action (`amount`, `proportional`, `fitToUsage`), guarded
 //!    so that the same usage is inside the band at the new limit (see [`rescale`]), clamped
-//!    to [`min`, `max`] and, for memory, never below usage;
+//!    to [`min`, `max`] and, for memory, never below usage; after a throttled window, CPU
+//!    scale-downs stop above the limit it was throttled at ([`rescale::Floor`]);
 //! 4. an out-of-memory kill bumps memory at once (VPA's rule: max(factor × limit, limit +
 //!    min)), regardless of events and cooldown;
 //! 5. at most one resize per container per `cooldown`; a resize clears that resource's
@@ -40,7 +42,7 @@ use cellmesh_api::crd::scaling::{Resource, ScalingMode, ScalingPolicySpec};
 use cellmesh_api::quantity::{self, QuantityError};
 use cellmesh_api::service::Quantity;
 
-use rescale::Bounds;
+use rescale::{Bounds, Floor};
 
 /// A container of a targeted pod.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,6 +76,9 @@ pub struct Observed {
 pub struct Observation {
     pub cpu: Observed,
     pub memory: Observed,
+    /// Share (0–1) of the container's CPU periods in the last window in which it was
+    /// throttled by its limit; `None` without a reading (the query failed or is unsupported).
+    pub cpu_throttling: Option<f64>,
     /// Identifies the container's most recent out-of-memory kill (e.g. its `finishedAt`),
     /// `None` if it never had one. A value the Guardian has not seen before bumps memory.
     pub last_oom: Option<String>,
@@ -172,6 +177,10 @@ pub struct ResourceReport {
     pub down_events: u32,
     /// The limit the Guardian would set now (the current one when it would do nothing).
     pub recommendation: Option<f64>,
+    /// CPU: the share of throttled CPU periods in the window, when known.
+    pub throttling: Option<f64>,
+    /// CPU: the least limit a scale-down may set after throttling (see [`rescale::Floor`]).
+    pub floor: Option<f64>,
     /// Why nothing can be done, e.g. the container has no limit.
     pub note: Option<&'static str>,
 }
@@ -248,6 +257,8 @@ struct Memory {
     handled_oom: Option<String>,
     /// The recommendations last reported, per resource.
     recommended: BTreeMap<ResourceName, f64>,
+    /// Where CPU scale-downs stop since the container was last throttled.
+    cpu_floor: Option<Floor>,
 }
 
 impl Memory {
@@ -339,10 +350,31 @@ impl Guardian {
                 };
                 report.upper = Some(bounds.upper * limit);
                 report.lower = Some(bounds.lower * limit);
+                let throttling = match resource {
+                    Resource::Cpu => observation.cpu_throttling,
+                    Resource::Memory => None,
+                };
+                report.throttling = throttling;
+                let throttled_now = observed
+                    .usage
+                    .is_some_and(|usage| rescale::throttled(resource, limit, usage, throttling));
+                if resource == Resource::Cpu
+                    && let Some(usage) = observed.usage
+                {
+                    memory.cpu_floor = if throttled_now {
+                        Some(Floor::after_throttled(memory.cpu_floor, limit, usage))
+                    } else {
+                        memory.cpu_floor.filter(|f| !f.expired(&bounds, usage))
+                    };
+                    report.floor = memory
+                        .cpu_floor
+                        .map(|f| bounds.clamp(resource, f.limit(&bounds)));
+                }
+                let floor = memory.cpu_floor.filter(|_| resource == Resource::Cpu);
                 let events = memory.events(resource);
                 events.forget_before(now.saturating_sub(timeout));
                 if let Some(usage) = observed.usage {
-                    if rescale::saturated(resource, limit, usage) {
+                    if throttled_now {
                         events.seen.push_back((now, Direction::Throttled));
                     } else if usage > bounds.upper * limit {
                         events.seen.push_back((now, Direction::Up));
@@ -364,15 +396,36 @@ impl Guardian {
                         Reason::OomKilled,
                     )),
                     _ if observed.usage.is_some() && ups >= up_needed => Some((
-                        rescale::scale_up(resource, &scale_up, &bounds, limit, usage),
+                        rescale::scale_up(
+                            resource,
+                            &scale_up,
+                            &bounds,
+                            limit,
+                            usage,
+                            throttled_now,
+                        ),
                         Reason::UpEvents(ups),
                     )),
                     _ if observed.usage.is_some() && throttled >= throttled_needed => Some((
-                        rescale::scale_up(resource, &scale_up, &bounds, limit, usage),
+                        rescale::scale_up(
+                            resource,
+                            &scale_up,
+                            &bounds,
+                            limit,
+                            usage,
+                            throttled_now,
+                        ),
                         Reason::Throttled(throttled),
                     )),
                     _ if observed.usage.is_some() && downs >= down_needed && ups == 0 => Some((
-                        rescale::scale_down(resource, &scale_down, &bounds, limit, usage),
+                        rescale::scale_down(
+                            resource,
+                            &scale_down,
+                            &bounds,
+                            limit,
+                            usage,
+                            floor.as_ref(),
+                        ),
                         Reason::DownEvents(downs),
                     )),
                     _ => None,

@@ -8,11 +8,18 @@
 //! the band is a fraction of the limit, so the guard is explicit.
 //!
 //! The scale-up guard assumes the usage is the demand. A CPU-throttled container's usage is
-//! pinned at its limit whatever the demand ([`SATURATED`]), so there the guard would cap every
-//! step at `limit / lower` (2.5× with the defaults) and a load step several times the limit
-//! would need several actions, each after `upEvents` more windows and a cooldown. A saturated
-//! container therefore gets the policy's whole step; if that overshoots, the usage is a down
-//! event at the new limit and the first scale-down (floored at `usage / upper`) settles it.
+//! pinned at its limit whatever the demand ([`SATURATED`]), or, when it runs in bursts, its
+//! average hides bursts the quota cuts short ([`THROTTLED_PERIODS`]). There the guard would
+//! cap every step at `usage / lower` (2.5× with the defaults) and a load step several times
+//! the limit would need several actions, each after `upEvents` more windows and a cooldown.
+//! A throttled container therefore gets the policy's whole step; if that overshoots, the
+//! usage is a down event at the new limit and the first scale-down (floored at
+//! `usage / upper`) settles it.
+//!
+//! A bursty container is throttled at an average usage well inside the band, so the usage
+//! guard alone would take it straight back to where it was throttled, and round again. The
+//! third guard is a [`Floor`]: after a throttled window, scale-downs stop above the limit it
+//! was throttled at, for as long as the usage stays near what it was then.
 
 use cellmesh_api::crd::scaling::{RescalePolicy, Resource, ResourcePolicy, ScaleAction};
 use cellmesh_api::quantity;
@@ -92,23 +99,76 @@ pub fn step(action: &ScaleAction, limit: f64, usage: f64, up: bool) -> f64 {
 /// (Prometheus' `rate()` of a container pinned at its quota reads 0.97–1.0 of it.)
 pub const SATURATED: f64 = 0.95;
 
-/// Whether `usage` of `resource` at `limit` hides the demand (CPU throttled at its limit).
-pub fn saturated(resource: Resource, limit: f64, usage: f64) -> bool {
-    resource == Resource::Cpu && limit > 0.0 && usage >= SATURATED * limit
+/// Share of CPU periods throttled at or above which a window counts as throttled whatever
+/// its average usage: the threshold of the Kubernetes monitoring mixin's `CPUThrottlingHigh`
+/// alert (25 %). Periods are counted only while the container has runnable threads, so a
+/// container that is idle most of the time and throttled in each of its bursts reads high.
+pub const THROTTLED_PERIODS: f64 = 0.25;
+
+/// Whether a CPU window hides the demand: usage pinned at the limit ([`SATURATED`]), or
+/// throttled in [`THROTTLED_PERIODS`] of its CPU periods or more. Memory is never throttled.
+pub fn throttled(resource: Resource, limit: f64, usage: f64, throttling: Option<f64>) -> bool {
+    resource == Resource::Cpu
+        && limit > 0.0
+        && (usage >= SATURATED * limit || throttling.is_some_and(|t| t >= THROTTLED_PERIODS))
+}
+
+/// Where scale-downs stop after a throttled window, and until when.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Floor {
+    /// The highest limit the container was throttled at (since the floor was last reset).
+    pub throttled_limit: f64,
+    /// Its usage in the last throttled window.
+    pub usage: f64,
+}
+
+impl Floor {
+    /// The least limit a scale-down may set: `throttled_limit / upper`, where the usage it
+    /// was throttled at (at most that limit) is no up event. Each throttled window at the
+    /// floor raises it by that factor, so a bursty container climbs to the limit that stops
+    /// its throttling in a few steps, and then stays.
+    pub fn limit(&self, bounds: &Bounds) -> f64 {
+        if bounds.upper > 0.0 {
+            self.throttled_limit / bounds.upper
+        } else {
+            self.throttled_limit
+        }
+    }
+
+    /// Whether the demand that was throttled is gone: the usage fell below `lower` × the
+    /// usage of the last throttled window (with the defaults, to 40 % of it).
+    pub fn expired(&self, bounds: &Bounds, usage: f64) -> bool {
+        usage < bounds.lower * self.usage
+    }
+
+    /// The floor after a throttled window at `limit` with `usage`.
+    pub fn after_throttled(previous: Option<Self>, limit: f64, usage: f64) -> Self {
+        Self {
+            throttled_limit: previous.map_or(limit, |f| f.throttled_limit.max(limit)),
+            usage,
+        }
+    }
 }
 
 /// The next limit after a scale-up: the policy's step, clamped to [min, max], and capped so
-/// the usage is not a down event at the new limit, unless the usage is [`saturated`] (then
-/// it is no measure of the demand).
+/// the usage is not a down event at the new limit, unless the container is [`throttled`].
+/// Then its usage is no measure of the demand: the step is not capped, and it goes at least
+/// to `limit / upper` (the [`Floor`] the throttling leaves), so a `fitToUsage` step from a
+/// bursty container's low average still grows the limit.
 pub fn scale_up(
     resource: Resource,
     action: &ScaleAction,
     bounds: &Bounds,
     limit: f64,
     usage: f64,
+    throttled: bool,
 ) -> f64 {
     let wanted = bounds.clamp(resource, step(action, limit, usage, true));
-    if bounds.lower > 0.0 && usage > 0.0 && !saturated(resource, limit, usage) {
+    if throttled {
+        let floor = Floor::after_throttled(None, limit, usage).limit(bounds);
+        return wanted.max(bounds.clamp(resource, floor));
+    }
+    if bounds.lower > 0.0 && usage > 0.0 {
         let ceiling = round_down(resource, usage / bounds.lower);
         if wanted > ceiling {
             // Still above the current limit: up events mean usage > upper × limit, so the
@@ -120,17 +180,22 @@ pub fn scale_up(
 }
 
 /// The next limit after a scale-down: the policy's step, floored so the usage is not an up
-/// event at the new limit (and, for memory, never below the usage), clamped to [min, max].
+/// event at the new limit (and, for memory, never below the usage) and at the [`Floor`] left
+/// by throttling, if any, clamped to [min, max] and never above the current limit.
 pub fn scale_down(
     resource: Resource,
     action: &ScaleAction,
     bounds: &Bounds,
     limit: f64,
     usage: f64,
+    floor: Option<&Floor>,
 ) -> f64 {
     let mut wanted = step(action, limit, usage, false);
     if bounds.upper > 0.0 {
         wanted = wanted.max(usage / bounds.upper);
+    }
+    if let Some(floor) = floor {
+        wanted = wanted.max(floor.limit(bounds));
     }
     if resource == Resource::Memory {
         wanted = wanted.max(usage);
@@ -232,6 +297,16 @@ mod tests {
         }
     }
 
+    /// A scale-up judged throttled from the usage alone, as without a throttling query.
+    fn up(resource: Resource, action: &ScaleAction, b: &Bounds, limit: f64, usage: f64) -> f64 {
+        let throttled = throttled(resource, limit, usage, None);
+        scale_up(resource, action, b, limit, usage, throttled)
+    }
+
+    fn down(resource: Resource, action: &ScaleAction, b: &Bounds, limit: f64, usage: f64) -> f64 {
+        scale_down(resource, action, b, limit, usage, None)
+    }
+
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6 * b.abs().max(1.0)
     }
@@ -241,12 +316,9 @@ mod tests {
         let action = ScaleAction::amount("750m");
         let b = bounds(0.1, 2.0);
         // 0.45 / 0.4 = 1.125 caps 1.25: at 1.25 the usage would be a down event.
-        assert!(close(
-            scale_up(Resource::Cpu, &action, &b, 0.5, 0.45),
-            1.125
-        ));
+        assert!(close(up(Resource::Cpu, &action, &b, 0.5, 0.45), 1.125));
         // max caps 2.25.
-        assert!(close(scale_up(Resource::Cpu, &action, &b, 1.5, 1.4), 2.0));
+        assert!(close(up(Resource::Cpu, &action, &b, 1.5, 1.4), 2.0));
     }
 
     #[test]
@@ -254,13 +326,10 @@ mod tests {
         let action = ScaleAction::amount("750m");
         let b = bounds(0.1, 2.0);
         // 0.2 pinned at 0.2: the demand is unknown, so no `usage / lower` cap (0.5).
-        assert!(close(scale_up(Resource::Cpu, &action, &b, 0.2, 0.2), 0.95));
-        assert!(close(
-            scale_up(Resource::Cpu, &action, &b, 0.2, 0.195),
-            0.95
-        ));
+        assert!(close(up(Resource::Cpu, &action, &b, 0.2, 0.2), 0.95));
+        assert!(close(up(Resource::Cpu, &action, &b, 0.2, 0.195), 0.95));
         // Just below saturation the guard holds: 0.18 / 0.4.
-        assert!(close(scale_up(Resource::Cpu, &action, &b, 0.2, 0.18), 0.45));
+        assert!(close(up(Resource::Cpu, &action, &b, 0.2, 0.18), 0.45));
         // Memory at its limit is no throttling: the guard holds.
         let mi = 1024.0 * 1024.0;
         let mb = Bounds {
@@ -269,7 +338,7 @@ mod tests {
             upper: 0.8,
             lower: 0.4,
         };
-        let up = scale_up(
+        let up = up(
             Resource::Memory,
             &ScaleAction::amount("1Gi"),
             &mb,
@@ -280,9 +349,72 @@ mod tests {
     }
 
     #[test]
+    fn throttled_periods_count_as_throttled_below_the_limit() {
+        assert!(throttled(Resource::Cpu, 1.0, 0.5, Some(THROTTLED_PERIODS)));
+        assert!(!throttled(Resource::Cpu, 1.0, 0.5, Some(0.24)));
+        assert!(!throttled(Resource::Cpu, 1.0, 0.5, None));
+        assert!(throttled(Resource::Cpu, 1.0, 0.96, Some(0.0)), "pinned");
+        assert!(!throttled(Resource::Memory, 1.0, 1.0, Some(1.0)));
+        // A bursty container at half its limit gets the whole step, not `usage / lower`.
+        let b = bounds(0.1, 4.0);
+        let action = ScaleAction::amount("750m");
+        assert!(close(
+            scale_up(Resource::Cpu, &action, &b, 1.0, 0.5, true),
+            1.75
+        ));
+        assert!(close(
+            scale_up(Resource::Cpu, &action, &b, 1.0, 0.5, false),
+            1.25
+        ));
+        // fitToUsage from that average (0.75) would shrink it: it grows to limit / upper.
+        let fit = ScaleAction::fit_to_usage();
+        assert!(close(
+            scale_up(Resource::Cpu, &fit, &b, 1.0, 0.5, true),
+            1.25
+        ));
+    }
+
+    #[test]
+    fn the_throttling_floor_stops_scale_downs_above_the_throttled_limit() {
+        let b = bounds(0.1, 4.0);
+        let floor = Floor::after_throttled(None, 1.0, 0.5);
+        assert!(close(floor.limit(&b), 1.25));
+        // fitToUsage would go to 0.75, where the bursts were throttled.
+        let new = scale_down(
+            Resource::Cpu,
+            &ScaleAction::fit_to_usage(),
+            &b,
+            1.75,
+            0.5,
+            Some(&floor),
+        );
+        assert!(close(new, 1.25), "{new}");
+        // Never above the current limit.
+        let new = scale_down(
+            Resource::Cpu,
+            &ScaleAction::fit_to_usage(),
+            &b,
+            1.1,
+            0.5,
+            Some(&floor),
+        );
+        assert!(close(new, 1.1), "{new}");
+        // Throttled again at the floor: it rises by 1 / upper, and keeps the highest limit.
+        let higher = Floor::after_throttled(Some(floor), 1.25, 0.5);
+        assert!(close(higher.limit(&b), 1.5625));
+        assert!(close(
+            Floor::after_throttled(Some(higher), 0.2, 0.5).throttled_limit,
+            1.25
+        ));
+        // The demand is gone once usage falls below lower × its throttled usage.
+        assert!(!floor.expired(&b, 0.2));
+        assert!(floor.expired(&b, 0.19));
+    }
+
+    #[test]
     fn fit_to_usage_down_lands_usage_inside_the_band() {
         let b = bounds(0.1, 4.0);
-        let new = scale_down(Resource::Cpu, &ScaleAction::fit_to_usage(), &b, 2.0, 0.3);
+        let new = down(Resource::Cpu, &ScaleAction::fit_to_usage(), &b, 2.0, 0.3);
         assert!(close(new, 0.45), "{new}");
         let ratio = 0.3 / new;
         assert!(ratio > b.lower && ratio < b.upper);
@@ -293,14 +425,8 @@ mod tests {
         let b = bounds(0.25, 4.0);
         let big_step = ScaleAction::amount("3");
         // 1.0 usage: below 1.25 the usage would be an up event.
-        assert!(close(
-            scale_down(Resource::Cpu, &big_step, &b, 3.0, 1.0),
-            1.25
-        ));
-        assert!(close(
-            scale_down(Resource::Cpu, &big_step, &b, 3.0, 0.0),
-            0.25
-        ));
+        assert!(close(down(Resource::Cpu, &big_step, &b, 3.0, 1.0), 1.25));
+        assert!(close(down(Resource::Cpu, &big_step, &b, 3.0, 0.0), 0.25));
     }
 
     #[test]
@@ -312,7 +438,7 @@ mod tests {
             lower: 0.1,
         };
         let mi = 1024.0 * 1024.0;
-        let new = scale_down(
+        let new = down(
             Resource::Memory,
             &ScaleAction::amount("1Gi"),
             &b,

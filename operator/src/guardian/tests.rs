@@ -110,6 +110,62 @@ fn one_throttled_window_is_enough_to_scale_up() {
     assert!(tick.decisions.is_empty(), "{tick:?}");
 }
 
+/// A container at `usage` whose bursts were throttled in `throttling` of its CPU periods.
+fn bursty(usage: f64, limit: f64, throttling: f64) -> Observation {
+    Observation {
+        cpu_throttling: Some(throttling),
+        ..cpu(usage, limit)
+    }
+}
+
+#[test]
+fn a_bursty_container_throttled_below_its_limit_scales_up_and_is_not_scaled_back() {
+    let policy = cpu_policy();
+    let key = ContainerKey::new("s0-abc", "cell");
+    let mut guardian = Guardian::new();
+    // Half the limit on average, but throttled in 40 % of its periods: one window is enough,
+    // and the step is not capped at usage / lower (1.25).
+    let tick = guardian
+        .tick(&policy, secs(10), &one(&key, bursty(0.5, 1.0, 0.4)))
+        .unwrap();
+    let [decision] = tick.decisions.as_slice() else {
+        panic!("a throttled window scales up: {tick:?}")
+    };
+    assert_eq!(
+        decision.changes[0].describe(),
+        "cpu 1→1750m (throttled at its limit)"
+    );
+    let report = &tick.reports[&key][&ResourceName::Cpu];
+    assert_eq!(report.throttling, Some(0.4));
+    assert_eq!(report.floor, Some(1.25));
+    // Unthrottled at 1750m, the same average is a down event (below 0.7) six times; fitting
+    // it (0.75) would throttle it again, so the scale-down stops at the floor.
+    let mut down = None;
+    for t in 2..=7 {
+        let tick = guardian
+            .tick(&policy, secs(10 * t), &one(&key, bursty(0.5, 1.75, 0.0)))
+            .unwrap();
+        down = tick.decisions.into_iter().next().or(down);
+    }
+    let change = &down.expect("six down events scale down").changes[0];
+    assert_eq!(change.describe(), "cpu 1750m→1250m (6 down events)");
+    // The load goes: below 40 % of the throttled usage the floor is forgotten.
+    let quiet = guardian
+        .tick(&policy, secs(80), &one(&key, bursty(0.19, 1.25, 0.0)))
+        .unwrap();
+    assert_eq!(quiet.reports[&key][&ResourceName::Cpu].floor, None);
+    let mut down = None;
+    for t in 9..=13 {
+        let tick = guardian
+            .tick(&policy, secs(10 * t), &one(&key, bursty(0.19, 1.25, 0.0)))
+            .unwrap();
+        down = tick.decisions.into_iter().next().or(down);
+    }
+    // fitToUsage: 0.19 × 1.5 = 285m.
+    let change = &down.expect("six down events scale down").changes[0];
+    assert_eq!(change.describe(), "cpu 1250m→285m (6 down events)");
+}
+
 #[test]
 fn throttled_up_events_can_ask_for_as_many_windows_as_any_up_event() {
     let policy = spec(
@@ -614,6 +670,41 @@ proptest! {
         }
         prop_assert!(last_change.is_none_or(|i| i < 200),
             "still resizing at tick {last_change:?} (limit {})", limits[&key]);
+    }
+
+    /// A container whose bursts are throttled below `burst` cores whatever its average: the
+    /// floor left by each throttled window rises by 1 / upper, so the limit climbs to where
+    /// the throttling stops (or to max) and stays, rather than fitting the average and being
+    /// throttled again.
+    #[test]
+    fn a_bursty_load_climbs_to_a_limit_that_stops_its_throttling_and_stays(
+        policy in cpu_only_policy(),
+        start in 0.05f64..4.0,
+        average in 0.01f64..2.0,
+        burst_over in 0.0f64..2.0,
+        throttling in 0.25f64..1.0,
+    ) {
+        let burst = average + burst_over;
+        let max = policy.cpu.as_ref().unwrap().max.value().unwrap();
+        let key = ContainerKey::new("p", "c");
+        let mut limits = BTreeMap::from([(key.clone(), start)]);
+        let mut guardian = Guardian::new();
+        let mut last_change = None;
+        for i in 0..1000u64 {
+            let limit = limits[&key];
+            let share = if limit < burst { throttling } else { 0.0 };
+            let observed = bursty(average.min(limit), limit, share);
+            let tick = guardian.tick(&policy, secs(10 * i), &one(&key, observed)).unwrap();
+            if !tick.decisions.is_empty() {
+                last_change = Some(i);
+            }
+            apply(&mut limits, &tick);
+        }
+        let limit = limits[&key];
+        prop_assert!(last_change.is_none_or(|i| i < 800),
+            "still resizing at tick {last_change:?} (limit {limit}, burst {burst})");
+        prop_assert!(limit >= burst.min(max) - 1e-9,
+            "settled at {limit}, where bursts of {burst} are throttled (max {max})");
     }
 
     #[test]
