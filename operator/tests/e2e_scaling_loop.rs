@@ -217,6 +217,14 @@ fn a_load_step_raises_the_cpu_limit_in_place_and_quiet_brings_it_back_down() {
         policy["status"]
     );
 
+    // The default throttling query works against the real Prometheus and the node agent's
+    // CFS counters: the status carries the share of throttled periods.
+    let throttled = eventually("the throttled share in the status", WAIT, || {
+        let policy = cluster.get(NS, "scalingpolicy/pi")?;
+        policy["status"]["containers"][0]["cpu"]["throttledPercent"].as_u64()
+    });
+    assert!(throttled <= 100, "a percentage: {throttled}");
+
     // Quiet: after downEvents windows below the lower band the limit comes back down
     // (fit to usage, clamped at the policy's 200m minimum).
     drop(load);
