@@ -63,6 +63,11 @@ pub struct Args {
     #[arg(short, long, value_name = "REQ/S")]
     pub rate: Option<f64>,
 
+    /// Open loop: requests due at once, every N / rate seconds, at the same average rate
+    /// (bursty traffic; needs N connections × streams).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "rate")]
+    pub burst: u32,
+
     /// How long to measure, e.g. 10s, 500ms, 2m.
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -169,10 +174,15 @@ impl Args {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
+        if self.burst == 0 {
+            return Err(arg_error("--burst", "must be at least 1"));
+        }
         let mode = match self.rate {
             None => Mode::Closed,
             Some(rate) => Mode::Open(
-                Rate::per_second(rate).map_err(|err| arg_error("--rate", err.to_string()))?,
+                Rate::per_second(rate)
+                    .map_err(|err| arg_error("--rate", err.to_string()))?
+                    .with_burst(u64::from(self.burst)),
             ),
         };
         let body = match &self.body {
@@ -200,6 +210,17 @@ impl Args {
         for line in &self.headers {
             let (name, value) = parse_header(line)?;
             headers.append(name, value);
+        }
+        let streams = u64::from(self.connections) * u64::from(self.streams.max(1));
+        if u64::from(self.burst) > streams {
+            return Err(arg_error(
+                "--burst",
+                format!(
+                    "a burst of {} requests needs as many streams, but there are {streams} \
+                     (raise --connections)",
+                    self.burst
+                ),
+            ));
         }
         Ok(Plan {
             target,
@@ -384,6 +405,14 @@ mod tests {
             plan_error(&["http://h/", "--streams", "4"]).starts_with("--streams: needs --http2")
         );
         assert!(plan_error(&["http://h/", "--rate", "0"]).starts_with("--rate: must be a finite"));
+        let bursty = plan(&["http://h/", "--rate", "20", "--burst", "4", "-c", "4"]).unwrap();
+        assert_eq!(
+            bursty.mode,
+            Mode::Open(Rate::per_second(20.0).unwrap().with_burst(4))
+        );
+        let err = plan_error(&["http://h/", "--rate", "20", "--burst", "8", "-c", "4"]);
+        assert!(err.starts_with("--burst: a burst of 8 requests needs"), "{err}");
+        assert!(plan_error(&["http://h/", "--rate", "20", "--burst", "0"]).starts_with("--burst"));
         assert!(plan_error(&["http://h/", "-d", "0s"]).starts_with("--duration: must be"));
         assert!(plan_error(&["http://h/", "-t", "0"]).starts_with("--threads"));
         assert!(plan_error(&["https://h/"]).starts_with("URL: https is not supported"));

@@ -57,6 +57,9 @@ pub struct Report {
     pub threads: usize,
     /// Open loop: the requested total rate.
     pub target_rate: Option<f64>,
+    /// Open loop with `--burst`: requests due at once (absent when evenly spaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
     pub warmup_s: f64,
     pub duration_s: f64,
     /// Outcomes in the window: responses plus requests that got none.
@@ -118,6 +121,10 @@ impl Report {
                 Mode::Closed => None,
                 Mode::Open(rate) => Some(rate.as_f64()),
             },
+            burst: match plan.mode {
+                Mode::Open(rate) if rate.burst() > 1 => Some(rate.burst()),
+                _ => None,
+            },
             warmup_s: plan.warmup.as_secs_f64(),
             duration_s,
             requests,
@@ -151,7 +158,10 @@ impl Report {
         let mut out = String::new();
         let mode = match self.target_rate {
             None => "closed loop".to_owned(),
-            Some(rate) => format!("open loop at {} req/s", number(rate)),
+            Some(rate) => match self.burst {
+                Some(burst) => format!("open loop at {} req/s in bursts of {burst}", number(rate)),
+                None => format!("open loop at {} req/s", number(rate)),
+            },
         };
         let streams = if self.streams_per_connection > 1 {
             format!(" × {} streams", self.streams_per_connection)

@@ -8,6 +8,10 @@
 //! behind sends at once; its latency is still measured from the due time, which is the
 //! coordinated-omission correction.
 //!
+//! With a burst of `b` (`--burst`), requests are due in groups: request `i` is due with the
+//! first of its group, at `(i div b) · b / r`. The average rate stays `r`; every `b / r`
+//! seconds `b` requests are due at once, on `b` different streams.
+//!
 //! All arithmetic is in integers (nanoseconds and milli-requests per second) so that slot
 //! counts at window boundaries are exact: 200 req/s over 0.5 s schedules exactly 100 requests.
 
@@ -17,10 +21,12 @@ const NANOS_PER_SEC: u128 = 1_000_000_000;
 /// The rate is held in requests per 1000 s, which gives rates a resolution of 0.001 req/s.
 const MILLI: u128 = 1000;
 
-/// A constant request rate, in thousandths of a request per second.
+/// A constant request rate, in thousandths of a request per second, due in bursts of
+/// `burst` requests (1: evenly spaced).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rate {
     milli_per_sec: u64,
+    burst: u64,
 }
 
 /// Why a rate was rejected.
@@ -51,7 +57,21 @@ impl Rate {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Ok(Self {
             milli_per_sec: milli as u64,
+            burst: 1,
         })
+    }
+
+    /// The same average rate, due in groups of `burst` requests at once (at least 1).
+    pub fn with_burst(self, burst: u64) -> Self {
+        Self {
+            burst: burst.max(1),
+            ..self
+        }
+    }
+
+    /// Requests due at once (1 when evenly spaced).
+    pub fn burst(self) -> u64 {
+        self.burst
     }
 
     /// Requests per second as a float, for reports.
@@ -62,17 +82,20 @@ impl Rate {
 
     /// When global request `index` is due, counted from the start of the run.
     pub fn due(self, index: u64) -> Duration {
-        let nanos = u128::from(index) * NANOS_PER_SEC * MILLI / u128::from(self.milli_per_sec);
+        let first = u128::from(index / self.burst * self.burst);
+        let nanos = first * NANOS_PER_SEC * MILLI / u128::from(self.milli_per_sec);
         duration_from_nanos(nanos)
     }
 
     /// How many global requests are due strictly before `elapsed`: the smallest `n` with
     /// `due(n) >= elapsed`.
     pub fn slots_before(self, elapsed: Duration) -> u64 {
-        // due(i) = floor(i·1e12 / m) < t  ⇔  i·1e12 < t·m  ⇔  i < t·m / 1e12 (t in ns).
+        // Group g (requests g·b … g·b + b − 1) is due at floor(g·b·1e12 / m) < t  ⇔
+        // g·b·1e12 < t·m  ⇔  g < t·m / (b·1e12) (t in ns); every group due adds b requests.
         let numerator = elapsed.as_nanos() * u128::from(self.milli_per_sec);
-        let count = numerator.div_ceil(NANOS_PER_SEC * MILLI);
-        u64::try_from(count).unwrap_or(u64::MAX)
+        let burst = u128::from(self.burst);
+        let groups = numerator.div_ceil(NANOS_PER_SEC * MILLI * burst);
+        u64::try_from(groups * burst).unwrap_or(u64::MAX)
     }
 
     /// How many requests are due in `[from, to)`.
@@ -132,6 +155,30 @@ mod tests {
 
     fn ms(ms: u64) -> Duration {
         Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn bursts_are_due_together_at_the_same_average_rate() {
+        let rate = Rate::per_second(20.0).unwrap().with_burst(4);
+        let due: Vec<Duration> = (0..9).map(|i| rate.due(i)).collect();
+        assert_eq!(due[..4], [Duration::ZERO; 4]);
+        assert_eq!(due[4..8], [ms(200); 4]);
+        assert_eq!(due[8], ms(400));
+        // Counting agrees with the due times: a group is due whole or not at all.
+        assert_eq!(rate.slots_before(Duration::ZERO), 0);
+        assert_eq!(rate.slots_before(Duration::from_nanos(1)), 4);
+        assert_eq!(rate.slots_before(ms(200)), 4);
+        assert_eq!(rate.slots_before(ms(201)), 8);
+        assert_eq!(rate.slots_between(Duration::ZERO, Duration::from_secs(10)), 200);
+        for i in 0..100 {
+            let before = rate.slots_before(rate.due(i));
+            assert!(before <= i && i < rate.slots_before(rate.due(i) + Duration::from_nanos(1)));
+        }
+        // Four streams take one request of each burst each.
+        let streams: Vec<Duration> = (0..4)
+            .map(|k| StreamSchedule::new(rate, k, 4).due(1))
+            .collect();
+        assert_eq!(streams, [ms(200); 4]);
     }
 
     #[test]

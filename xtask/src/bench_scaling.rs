@@ -8,6 +8,14 @@
 //!   as `rate()` over the window; throttled windows are ordinary up events): the in-run
 //!   baseline of what they buy.
 //!
+//! Then the same average load in bursts (`--burst`: 16 requests due at once every 0.8 s at
+//! 20 req/s), where the average usage sits inside the band and only the CFS throttling
+//! counters show that each burst waits for quota:
+//! - (e) a static 1000m limit, (f) a static 1500m limit (the policy's max, the baseline),
+//! - (g) the policy starting at 1000m,
+//! - (h) the same policy without throttling readings (`throttlingQuery: vector(0)`, which has
+//!   no container labels): a usage-only scaler, as VPA is.
+//!
 //! Each case gets the same open-loop load step from cellmesh-load; reported: p99 latency,
 //! CPU-seconds allocated during the step (the cgroup's quota, sampled every 250 ms and
 //! integrated), the reaction time (load step → first quota change in the cgroup) and
@@ -48,9 +56,24 @@ pub struct ScalingBench {
     /// Connections of cellmesh-load.
     #[arg(long, default_value_t = 32)]
     pub connections: u32,
+    /// Requests due at once in the bursty cases (e)–(h), at the same average rate.
+    #[arg(long, default_value_t = 16)]
+    pub burst: u32,
+    /// Run only the steady cases (a)–(d), or only the bursty ones (e)–(h).
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
     /// Use release binaries (built first); default: the debug ones `cargo build` makes.
     #[arg(long)]
     pub release: bool,
+}
+
+/// A subset of the cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// (a)–(d): one even load step.
+    Steady,
+    /// (e)–(h): the same average load in bursts.
+    Bursty,
 }
 
 /// Builds cellmesh-local, -cell, -operator and -load; returns their directory.
@@ -354,6 +377,7 @@ pub fn watch_step(
     pod: &Pod,
     seconds: u64,
     rate: f64,
+    burst: u32,
     connections: u32,
     report_file: &Path,
 ) -> Result<StepOutcome> {
@@ -361,6 +385,7 @@ pub fn watch_step(
     let mut load = Command::new(bin.join("cellmesh-load"))
         .arg(pod.url())
         .arg(format!("--rate={rate}"))
+        .arg(format!("--burst={burst}"))
         .arg(format!("--connections={connections}"))
         .arg(format!("--duration={seconds}s"))
         .arg("--threads=1")
@@ -483,6 +508,8 @@ struct Case {
     policy: bool,
     /// Appended to the policy's document (its last section is `cpu`).
     policy_tail: &'static str,
+    /// Whether the load comes in bursts (`--burst`).
+    bursty: bool,
 }
 
 /// Case (d): the policy with the two reaction rules of 2026-12-07 turned off, so one run
@@ -492,13 +519,19 @@ const PREVIOUS_REACTION: &str = "    throttledUpEvents: 2\n  metrics:\n    cpuQu
      sum by (namespace,pod,container)\n      \
      (rate(container_cpu_usage_seconds_total{container!=\"\"}[{{window}}]))\n";
 
-const CASES: [Case; 4] = [
+/// Case (h): no throttling readings. `vector(0)` answers with one series without the
+/// `namespace`/`pod`/`container` labels, which the operator ignores: only usage decides.
+const USAGE_ONLY: &str = "  metrics:\n    throttlingQuery: vector(0)\n";
+
+/// The steady cases come first, (b) at index 1; the bursty ones after, (f) at index 5.
+const CASES: [Case; 8] = [
     Case {
         label: "(a) static 200m",
         name: "small",
         limit: "200m",
         policy: false,
         policy_tail: "",
+        bursty: false,
     },
     Case {
         label: "(b) static 1500m",
@@ -506,6 +539,7 @@ const CASES: [Case; 4] = [
         limit: "1500m",
         policy: false,
         policy_tail: "",
+        bursty: false,
     },
     Case {
         label: "(c) ScalingPolicy",
@@ -513,6 +547,7 @@ const CASES: [Case; 4] = [
         limit: "200m",
         policy: true,
         policy_tail: "",
+        bursty: false,
     },
     Case {
         label: "(d) policy, rate() + 2 throttled windows",
@@ -520,6 +555,39 @@ const CASES: [Case; 4] = [
         limit: "200m",
         policy: true,
         policy_tail: PREVIOUS_REACTION,
+        bursty: false,
+    },
+    Case {
+        label: "(e) bursts, static 1000m",
+        name: "burst-small",
+        limit: "1000m",
+        policy: false,
+        policy_tail: "",
+        bursty: true,
+    },
+    Case {
+        label: "(f) bursts, static 1500m",
+        name: "burst-large",
+        limit: "1500m",
+        policy: false,
+        policy_tail: "",
+        bursty: true,
+    },
+    Case {
+        label: "(g) bursts, ScalingPolicy",
+        name: "burst-scaled",
+        limit: "1000m",
+        policy: true,
+        policy_tail: "",
+        bursty: true,
+    },
+    Case {
+        label: "(h) bursts, policy on usage only",
+        name: "burst-usage",
+        limit: "1000m",
+        policy: true,
+        policy_tail: USAGE_ONLY,
+        bursty: true,
     },
 ];
 
@@ -540,7 +608,12 @@ pub fn run(args: &ScalingBench) -> Result<()> {
     let scratch = bin.join("scaling-bench");
     std::fs::create_dir_all(&scratch)?;
     let mut rows = Vec::new();
-    for case in &CASES {
+    let wanted = |case: &&Case| match args.only {
+        None => true,
+        Some(Only::Steady) => !case.bursty,
+        Some(Only::Bursty) => case.bursty,
+    };
+    for case in CASES.iter().filter(wanted) {
         let manifest = with_policy_tail(
             &variant(&example, case.name, case.limit, case.policy)?,
             case.policy_tail,
@@ -551,12 +624,23 @@ pub fn run(args: &ScalingBench) -> Result<()> {
         eprintln!("  pod {} (pid {}), {} s idle", pod.name, pod.pid, args.idle);
         std::thread::sleep(Duration::from_secs(args.idle));
         let load_before = uptime();
-        eprintln!("  load step: {} req/s for {} s", args.rate, args.step);
+        let burst = if case.bursty { args.burst } else { 1 };
+        eprintln!(
+            "  load step: {} req/s for {} s{}",
+            args.rate,
+            args.step,
+            if burst > 1 {
+                format!(", in bursts of {burst}")
+            } else {
+                String::new()
+            }
+        );
         let outcome = watch_step(
             &bin,
             &pod,
             args.step,
             args.rate,
+            burst,
             args.connections,
             &scratch.join(format!("{}.json", case.name)),
         )?;
@@ -566,6 +650,7 @@ pub fn run(args: &ScalingBench) -> Result<()> {
         let rps = outcome.report["success_rps"].as_f64().unwrap_or(f64::NAN);
         let row = Row {
             label: case.label,
+            bursty: case.bursty,
             p99,
             rps,
             cpu_seconds: cpu_seconds(&outcome.trace, outcome.step_seconds),
@@ -590,6 +675,7 @@ pub fn run(args: &ScalingBench) -> Result<()> {
 
 struct Row {
     label: &'static str,
+    bursty: bool,
     p99: f64,
     rps: f64,
     cpu_seconds: f64,
@@ -598,13 +684,37 @@ struct Row {
 }
 
 fn render(rows: &[Row], args: &ScalingBench) -> String {
+    let (steady, bursty): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| !r.bursty);
+    let mut out = String::new();
+    if !steady.is_empty() {
+        out.push_str(&format!(
+            "\nLoad step: {} req/s open loop for {} s ({} connections); load average during \
+             each case in the last column.\n",
+            args.rate, args.step, args.connections
+        ));
+        out.push_str(&render_steady(&steady, args));
+    }
+    if !bursty.is_empty() {
+        out.push_str(&format!(
+            "\nBursts: the same {} req/s on average, {} requests due at once every {:.2} s, \
+             for {} s.\n",
+            args.rate,
+            args.burst,
+            f64::from(args.burst) / args.rate,
+            args.step
+        ));
+        out.push_str(&render_bursty(&bursty));
+    }
+    out
+}
+
+/// The table of `rows` with ratios against `rows[baseline]`, labelled `base`.
+fn table(rows: &[&Row], baseline: usize, base: &str) -> String {
     let mut out = format!(
-        "\nLoad step: {} req/s open loop for {} s ({} connections); load average during each \
-         case in the last column.\n\n| case | p99 (ms) | ok req/s | CPU-s allocated | p99 / (b) | \
-         CPU-s / (b) | reaction | load avg |\n|---|---:|---:|---:|---:|---:|---:|---|\n",
-        args.rate, args.step, args.connections
+        "\n| case | p99 (ms) | ok req/s | CPU-s allocated | p99 / {base} | CPU-s / {base} | \
+         reaction | load avg |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
     );
-    let large = rows.get(1);
+    let large = rows.get(baseline);
     for row in rows {
         let ratio = |value: f64, base: Option<f64>| {
             base.filter(|b| *b > 0.0)
@@ -622,6 +732,30 @@ fn render(rows: &[Row], args: &ScalingBench) -> String {
             row.load
         ));
     }
+    out
+}
+
+/// Cases (e)–(h): does the policy see throttled bursts that usage hides?
+fn render_bursty(rows: &[&Row]) -> String {
+    let mut out = table(rows, 1, "(f)");
+    if let (Some(large), Some(scaled), Some(usage_only)) = (rows.get(1), rows.get(2), rows.get(3))
+    {
+        let ratio = |new: f64, old: f64| if old > 0.0 { new / old } else { f64::NAN };
+        out.push_str(&format!(
+            "\n(g) against (h), this run: p99 {:.2}×, CPU-s {:.2}×; (g) against (f): p99 {:.2}×, \
+             CPU-s {:.2}×\n",
+            ratio(scaled.p99, usage_only.p99),
+            ratio(scaled.cpu_seconds, usage_only.cpu_seconds),
+            ratio(scaled.p99, large.p99),
+            ratio(scaled.cpu_seconds, large.cpu_seconds)
+        ));
+    }
+    out
+}
+
+/// Cases (a)–(d) and issue 8's goals.
+fn render_steady(rows: &[&Row], args: &ScalingBench) -> String {
+    let mut out = table(rows, 1, "(b)");
     if let (Some(large), Some(scaled)) = (rows.get(1), rows.get(2)) {
         let p99_ok = scaled.p99 <= 1.5 * large.p99;
         let cpu_ok = scaled.cpu_seconds <= 0.6 * large.cpu_seconds;
@@ -723,6 +857,12 @@ mod tests {
         assert!(policy.contains("eventTimeout: 60s\n    throttledUpEvents: 2\n  metrics:\n"));
         assert!(policy.ends_with("[{{window}}]))\n"), "{policy}");
         assert_eq!(with_policy_tail(&scaled, "").unwrap(), scaled);
+        // Case (h): the usage-only policy parses, with the throttling query replaced.
+        let usage_only = with_policy_tail(&scaled, USAGE_ONLY).unwrap();
+        let policy: Value = serde_yaml::from_str(usage_only.split_once("\n---\n").unwrap().1)
+            .expect("valid YAML");
+        assert_eq!(policy["spec"]["metrics"]["throttlingQuery"], "vector(0)");
+        assert_eq!(policy["spec"]["cpu"]["eventTimeout"], "60s");
         assert!(
             with_policy_tail(&large, PREVIOUS_REACTION).is_err(),
             "no policy"

@@ -123,7 +123,7 @@ pub fn run_scaling(args: &ScalingDemo) -> Result<()> {
         args.rate, args.step
     ));
     let report_file = bin.join("scaling-demo-load.json");
-    let outcome = watch_step(&bin, &pod, args.step, args.rate, 32, &report_file)?;
+    let outcome = watch_step(&bin, &pod, args.step, args.rate, 1, 32, &report_file)?;
     eprintln!(
         "  load: {:.1} ok req/s, p99 {:.1} ms",
         outcome.report["success_rps"].as_f64().unwrap_or(f64::NAN),
