@@ -411,7 +411,10 @@ mod tests {
             Mode::Open(Rate::per_second(20.0).unwrap().with_burst(4))
         );
         let err = plan_error(&["http://h/", "--rate", "20", "--burst", "8", "-c", "4"]);
-        assert!(err.starts_with("--burst: a burst of 8 requests needs"), "{err}");
+        assert!(
+            err.starts_with("--burst: a burst of 8 requests needs"),
+            "{err}"
+        );
         assert!(plan_error(&["http://h/", "--rate", "20", "--burst", "0"]).starts_with("--burst"));
         assert!(plan_error(&["http://h/", "-d", "0s"]).starts_with("--duration: must be"));
         assert!(plan_error(&["http://h/", "-t", "0"]).starts_with("--threads"));

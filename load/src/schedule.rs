@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(rate.slots_before(Duration::from_nanos(1)), 4);
         assert_eq!(rate.slots_before(ms(200)), 4);
         assert_eq!(rate.slots_before(ms(201)), 8);
-        assert_eq!(rate.slots_between(Duration::ZERO, Duration::from_secs(10)), 200);
+        assert_eq!(
+            rate.slots_between(Duration::ZERO, Duration::from_secs(10)),
+            200
+        );
         for i in 0..100 {
             let before = rate.slots_before(rate.due(i));
             assert!(before <= i && i < rate.slots_before(rate.due(i) + Duration::from_nanos(1)));

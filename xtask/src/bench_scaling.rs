@@ -12,7 +12,9 @@
 //! 20 req/s), where the average usage sits inside the band and only the CFS throttling
 //! counters show that each burst waits for quota:
 //! - (e) a static 1000m limit, (f) a static 1500m limit (the policy's max, the baseline),
-//! - (g) the policy starting at 1000m,
+//! - (g) the policy starting at 1000m (its `min`), with `throttledShare: 0.1`: the cell's
+//!   background wakeups dilute the share of throttled periods (12 % measured where two of
+//!   every burst's three periods are throttled), below the 0.25 default,
 //! - (h) the same policy without throttling readings (`throttlingQuery: vector(0)`, which has
 //!   no container labels): a usage-only scaler, as VPA is.
 //!
@@ -501,6 +503,17 @@ fn with_policy_tail(manifest: &str, tail: &str) -> Result<String> {
     Ok(documents.join("\n---\n"))
 }
 
+/// `manifest` with the policy's CPU `min` set to `min`. The bursty cases start at their
+/// static small limit and keep it as the floor, so the idle time before the step does not
+/// scale them down and each case measures how bursts are handled, not a load step.
+fn with_policy_min(manifest: &str, min: &str) -> Result<String> {
+    let from = "\n    min: 200m\n";
+    if !manifest.contains(from) {
+        bail!("{EXAMPLE}'s policy no longer has `min: 200m`: update the bench");
+    }
+    Ok(manifest.replace(from, &format!("\n    min: {min}\n")))
+}
+
 struct Case {
     label: &'static str,
     name: &'static str,
@@ -522,6 +535,9 @@ const PREVIOUS_REACTION: &str = "    throttledUpEvents: 2\n  metrics:\n    cpuQu
 /// Case (h): no throttling readings. `vector(0)` answers with one series without the
 /// `namespace`/`pod`/`container` labels, which the operator ignores: only usage decides.
 const USAGE_ONLY: &str = "  metrics:\n    throttlingQuery: vector(0)\n";
+
+/// Case (g): a throttled share that the diluted bursts of the `pi` cell reach.
+const BURSTY_SHARE: &str = "    throttledShare: 0.1\n";
 
 /// The steady cases come first, (b) at index 1; the bursty ones after, (f) at index 5.
 const CASES: [Case; 8] = [
@@ -574,11 +590,11 @@ const CASES: [Case; 8] = [
         bursty: true,
     },
     Case {
-        label: "(g) bursts, ScalingPolicy",
+        label: "(g) bursts, policy, throttledShare 0.1",
         name: "burst-scaled",
         limit: "1000m",
         policy: true,
-        policy_tail: "",
+        policy_tail: BURSTY_SHARE,
         bursty: true,
     },
     Case {
@@ -614,10 +630,13 @@ pub fn run(args: &ScalingBench) -> Result<()> {
         Some(Only::Bursty) => case.bursty,
     };
     for case in CASES.iter().filter(wanted) {
-        let manifest = with_policy_tail(
+        let mut manifest = with_policy_tail(
             &variant(&example, case.name, case.limit, case.policy)?,
             case.policy_tail,
         )?;
+        if case.bursty && case.policy {
+            manifest = with_policy_min(&manifest, case.limit)?;
+        }
         step(&format!("{}: applying WorkModel {}", case.label, case.name));
         cluster.kubectl(&["apply", "-f", "-"], Some(&manifest))?;
         let pod = cluster.wait_pod(case.name, Duration::from_secs(180))?;
@@ -665,12 +684,57 @@ pub fn run(args: &ScalingBench) -> Result<()> {
             row.reaction.map_or("none".into(), |r| format!("{r:.1} s"))
         );
         rows.push(row);
+        if case.policy {
+            print_policy_status(&cluster, case.name);
+        }
         cluster.kubectl(&["delete", "-f", "-", "--wait=false"], Some(&manifest))?;
         // Let the deleted cell's process go before the next case loads the CPU.
         std::thread::sleep(Duration::from_secs(5));
     }
     print!("{}", render(&rows, args));
     Ok(())
+}
+
+/// What the policy saw and did last, so a surprising row can be explained from the output.
+fn print_policy_status(cluster: &Cluster, name: &str) {
+    let Ok(text) = cluster.kubectl(
+        &["get", "scalingpolicy", name, "-n", NS, "-o", "json"],
+        None,
+    ) else {
+        return;
+    };
+    let Ok(policy) = serde_json::from_str::<Value>(&text) else {
+        return;
+    };
+    let status = &policy["status"];
+    eprintln!(
+        "  policy: last action {}",
+        status["lastAction"].as_str().unwrap_or("none")
+    );
+    if let Some(cpu) = status["containers"].get(0).map(|c| &c["cpu"]) {
+        eprintln!(
+            "  policy: cpu usage {} of {}, throttled {}% of periods, up/down events {}/{}, floor {}",
+            cpu["usage"].as_str().unwrap_or("?"),
+            cpu["limit"].as_str().unwrap_or("?"),
+            cpu["throttledPercent"]
+                .as_u64()
+                .map_or("?".into(), |p| p.to_string()),
+            cpu["upEvents"],
+            cpu["downEvents"],
+            cpu["floor"].as_str().unwrap_or("none"),
+        );
+    }
+    for condition in status["conditions"].as_array().into_iter().flatten() {
+        if condition["status"] != "True" || condition["type"] != "Ready" {
+            eprintln!(
+                "  policy: {}={} {}: {}",
+                condition["type"].as_str().unwrap_or("?"),
+                condition["status"].as_str().unwrap_or("?"),
+                condition["reason"].as_str().unwrap_or(""),
+                condition["message"].as_str().unwrap_or("")
+            );
+        }
+    }
 }
 
 struct Row {
@@ -738,8 +802,7 @@ fn table(rows: &[&Row], baseline: usize, base: &str) -> String {
 /// Cases (e)–(h): does the policy see throttled bursts that usage hides?
 fn render_bursty(rows: &[&Row]) -> String {
     let mut out = table(rows, 1, "(f)");
-    if let (Some(large), Some(scaled), Some(usage_only)) = (rows.get(1), rows.get(2), rows.get(3))
-    {
+    if let (Some(large), Some(scaled), Some(usage_only)) = (rows.get(1), rows.get(2), rows.get(3)) {
         let ratio = |new: f64, old: f64| if old > 0.0 { new / old } else { f64::NAN };
         out.push_str(&format!(
             "\n(g) against (h), this run: p99 {:.2}×, CPU-s {:.2}×; (g) against (f): p99 {:.2}×, \
@@ -859,10 +922,13 @@ mod tests {
         assert_eq!(with_policy_tail(&scaled, "").unwrap(), scaled);
         // Case (h): the usage-only policy parses, with the throttling query replaced.
         let usage_only = with_policy_tail(&scaled, USAGE_ONLY).unwrap();
-        let policy: Value = serde_yaml::from_str(usage_only.split_once("\n---\n").unwrap().1)
-            .expect("valid YAML");
+        let policy: Value =
+            serde_yaml::from_str(usage_only.split_once("\n---\n").unwrap().1).expect("valid YAML");
         assert_eq!(policy["spec"]["metrics"]["throttlingQuery"], "vector(0)");
         assert_eq!(policy["spec"]["cpu"]["eventTimeout"], "60s");
+        let floored = with_policy_min(&scaled, "1000m").unwrap();
+        assert!(floored.contains("\n    min: 1000m\n") && !floored.contains("min: 200m"));
+        assert!(with_policy_min(&large, "1000m").is_err(), "no policy");
         assert!(
             with_policy_tail(&large, PREVIOUS_REACTION).is_err(),
             "no policy"

@@ -355,9 +355,9 @@ impl Guardian {
                     Resource::Memory => None,
                 };
                 report.throttling = throttling;
-                let throttled_now = observed
-                    .usage
-                    .is_some_and(|usage| rescale::throttled(resource, limit, usage, throttling));
+                let throttled_now = observed.usage.is_some_and(|usage| {
+                    rescale::throttled(resource, &bounds, limit, usage, throttling)
+                });
                 if resource == Resource::Cpu
                     && let Some(usage) = observed.usage
                 {

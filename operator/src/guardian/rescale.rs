@@ -9,7 +9,7 @@
 //!
 //! The scale-up guard assumes the usage is the demand. A CPU-throttled container's usage is
 //! pinned at its limit whatever the demand ([`SATURATED`]), or, when it runs in bursts, its
-//! average hides bursts the quota cuts short ([`THROTTLED_PERIODS`]). There the guard would
+//! average hides bursts the quota cuts short (`cpu.throttledShare` of its CFS periods). There the guard would
 //! cap every step at `usage / lower` (2.5× with the defaults) and a load step several times
 //! the limit would need several actions, each after `upEvents` more windows and a cooldown.
 //! A throttled container therefore gets the policy's whole step; if that overshoots, the
@@ -52,6 +52,8 @@ pub struct Bounds {
     pub max: f64,
     pub upper: f64,
     pub lower: f64,
+    /// CPU: the share of throttled periods that makes a window throttled.
+    pub throttled_share: f64,
 }
 
 impl Bounds {
@@ -61,6 +63,7 @@ impl Bounds {
             max: policy.max.value()?,
             upper: policy.upper,
             lower: policy.lower,
+            throttled_share: policy.throttled_share(),
         })
     }
 
@@ -99,18 +102,19 @@ pub fn step(action: &ScaleAction, limit: f64, usage: f64, up: bool) -> f64 {
 /// (Prometheus' `rate()` of a container pinned at its quota reads 0.97–1.0 of it.)
 pub const SATURATED: f64 = 0.95;
 
-/// Share of CPU periods throttled at or above which a window counts as throttled whatever
-/// its average usage: the threshold of the Kubernetes monitoring mixin's `CPUThrottlingHigh`
-/// alert (25 %). Periods are counted only while the container has runnable threads, so a
-/// container that is idle most of the time and throttled in each of its bursts reads high.
-pub const THROTTLED_PERIODS: f64 = 0.25;
-
 /// Whether a CPU window hides the demand: usage pinned at the limit ([`SATURATED`]), or
-/// throttled in [`THROTTLED_PERIODS`] of its CPU periods or more. Memory is never throttled.
-pub fn throttled(resource: Resource, limit: f64, usage: f64, throttling: Option<f64>) -> bool {
+/// throttled in `throttled_share` of its CPU periods or more (`cpu.throttledShare`). Memory
+/// is never throttled.
+pub fn throttled(
+    resource: Resource,
+    bounds: &Bounds,
+    limit: f64,
+    usage: f64,
+    throttling: Option<f64>,
+) -> bool {
     resource == Resource::Cpu
         && limit > 0.0
-        && (usage >= SATURATED * limit || throttling.is_some_and(|t| t >= THROTTLED_PERIODS))
+        && (usage >= SATURATED * limit || throttling.is_some_and(|t| t >= bounds.throttled_share))
 }
 
 /// Where scale-downs stop after a throttled window, and until when.
@@ -287,6 +291,7 @@ pub fn scaled_request(resource: Resource, request: f64, limit: f64, new_limit: f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cellmesh_api::crd::scaling::DEFAULT_THROTTLED_SHARE;
 
     fn bounds(min: f64, max: f64) -> Bounds {
         Bounds {
@@ -294,12 +299,13 @@ mod tests {
             max,
             upper: 0.8,
             lower: 0.4,
+            throttled_share: DEFAULT_THROTTLED_SHARE,
         }
     }
 
     /// A scale-up judged throttled from the usage alone, as without a throttling query.
     fn up(resource: Resource, action: &ScaleAction, b: &Bounds, limit: f64, usage: f64) -> f64 {
-        let throttled = throttled(resource, limit, usage, None);
+        let throttled = throttled(resource, b, limit, usage, None);
         scale_up(resource, action, b, limit, usage, throttled)
     }
 
@@ -337,6 +343,7 @@ mod tests {
             max: 8192.0 * mi,
             upper: 0.8,
             lower: 0.4,
+            throttled_share: DEFAULT_THROTTLED_SHARE,
         };
         let up = up(
             Resource::Memory,
@@ -350,13 +357,18 @@ mod tests {
 
     #[test]
     fn throttled_periods_count_as_throttled_below_the_limit() {
-        assert!(throttled(Resource::Cpu, 1.0, 0.5, Some(THROTTLED_PERIODS)));
-        assert!(!throttled(Resource::Cpu, 1.0, 0.5, Some(0.24)));
-        assert!(!throttled(Resource::Cpu, 1.0, 0.5, None));
-        assert!(throttled(Resource::Cpu, 1.0, 0.96, Some(0.0)), "pinned");
-        assert!(!throttled(Resource::Memory, 1.0, 1.0, Some(1.0)));
-        // A bursty container at half its limit gets the whole step, not `usage / lower`.
         let b = bounds(0.1, 4.0);
+        assert!(throttled(Resource::Cpu, &b, 1.0, 0.5, Some(0.25)));
+        assert!(!throttled(Resource::Cpu, &b, 1.0, 0.5, Some(0.24)));
+        assert!(!throttled(Resource::Cpu, &b, 1.0, 0.5, None));
+        assert!(throttled(Resource::Cpu, &b, 1.0, 0.96, Some(0.0)), "pinned");
+        assert!(!throttled(Resource::Memory, &b, 1.0, 1.0, Some(1.0)));
+        let sensitive = Bounds {
+            throttled_share: 0.1,
+            ..b.clone()
+        };
+        assert!(throttled(Resource::Cpu, &sensitive, 1.0, 0.5, Some(0.12)));
+        // A bursty container at half its limit gets the whole step, not `usage / lower`.
         let action = ScaleAction::amount("750m");
         assert!(close(
             scale_up(Resource::Cpu, &action, &b, 1.0, 0.5, true),
@@ -436,6 +448,7 @@ mod tests {
             max: 8e9,
             upper: 1.0,
             lower: 0.1,
+            throttled_share: DEFAULT_THROTTLED_SHARE,
         };
         let mi = 1024.0 * 1024.0;
         let new = down(

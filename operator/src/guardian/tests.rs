@@ -703,7 +703,8 @@ proptest! {
         let limit = limits[&key];
         prop_assert!(last_change.is_none_or(|i| i < 800),
             "still resizing at tick {last_change:?} (limit {limit}, burst {burst})");
-        prop_assert!(limit >= burst.min(max) - 1e-9,
+        // Within a grid step (1m): a limit that close to its target is not resized.
+        prop_assert!(limit >= burst.min(max) - 1e-3,
             "settled at {limit}, where bursts of {burst} are throttled (max {max})");
     }
 
@@ -723,7 +724,8 @@ proptest! {
         // Keep the load clearly on one side of each band edge: near an edge, noise alone
         // legitimately turns events on and off.
         let clear = |edge: f64| (demand - edge * limit).abs() > 2.0 * spread * demand + 1e-3;
-        prop_assume!(clear(resource.lower) && clear(resource.upper));
+        // The saturation threshold is such an edge too: a throttled window gets the whole step.
+        prop_assume!(clear(resource.lower) && clear(resource.upper) && clear(rescale::SATURATED));
         let key = ContainerKey::new("p", "c");
         let mut guardian = Guardian::new();
         let mut changes = Vec::new();
