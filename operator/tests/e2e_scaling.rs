@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 const NS: &str = "demo";
 const WAIT: Duration = Duration::from_secs(60);
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// What the fake Prometheus answers: a CPU usage in cores (or a share of throttled CPU
 /// periods), or an error.
@@ -631,6 +632,7 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
         ("tight-0".into(), 0.5, 0.0),
         ("re-0".into(), 0.5, 0.0),
         ("old-0".into(), 0.5, 0.0),
+        ("shrink-0".into(), 0.1, 10.0 * 1024.0 * 1024.0),
     ]));
     let prometheus = fake_prometheus_per_pod(usages.clone());
     for pod in ["web-0", "web-1", "web-2"] {
@@ -638,6 +640,7 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
     }
     running_pod(&cluster, "big-0", "s1", json!({}));
     running_pod(&cluster, "re-0", "s4", json!({}));
+    running_pod(&cluster, "shrink-0", "s6", json!({}));
     // A pod whose node does not report its containers' resources: the API server refuses
     // every resize of it ("Pod running on node without support for resize").
     running_pod(&cluster, "old-0", "s5", json!({}));
@@ -648,8 +651,8 @@ fn budgets_hold_infeasible_resizes_are_not_retried_and_oom_kills_bump_memory() {
             "name": "cell", "image": "busybox", "imageID": "", "ready": true, "restartCount": 0,
             "state": {"running": {"startedAt": "2026-11-23T10:00:00Z"}}, "resources": null}]}}),
     );
-    // WorkModel shop's service s4 (its Deployment is the operator's; no Deployment
-    // controller runs here, so re-0 stands for its pod).
+    // WorkModel shop's services s4 and s6 (their Deployments are the operator's; no
+    // Deployment controller runs here, so re-0 and shrink-0 stand for their pods).
     cluster.apply(
         NS,
         r#"
@@ -660,6 +663,11 @@ metadata:
 spec:
   services:
     s4:
+      internalService: {computePi: {}}
+      resources:
+        requests: {cpu: 250m, memory: 64Mi}
+        limits: {cpu: 500m, memory: 128Mi}
+    s6:
       internalService: {computePi: {}}
       resources:
         requests: {cpu: 250m, memory: 64Mi}
@@ -739,6 +747,14 @@ spec:
             "recreate",
             "s4",
             "  mode: InPlaceOrRecreate\n  cpu: {min: 100m, max: \"64\", upEvents: 2}",
+        ),
+    );
+    cluster.apply(
+        NS,
+        &policy(
+            "shrink",
+            "s6",
+            "  mode: InPlaceOrRecreate\n  memory: {min: 64Mi, max: 1Gi, downEvents: 2}",
         ),
     );
     let operator = cluster.operator("solo", &[]);
@@ -1026,4 +1042,69 @@ spec:
         let d = cluster.get(NS, "deployment/s4")?;
         (template_cpu(&d) == ("500m".into(), "250m".into())).then_some(())
     });
+
+    // InPlaceOrRecreate, memory down: shrink-0 uses 10Mi of its 128Mi. Kubernetes refuses a
+    // lower memory limit in place without `resizePolicy: RestartContainer`, so the size
+    // (fitted to usage, clamped to min 64Mi; the request keeps its 1:2 ratio) goes into
+    // Deployment s6's template, and the running pod keeps its 128Mi: nothing is sent.
+    let mib = |q: &Value| cellmesh_api::quantity::parse(q.as_str().unwrap_or("0")).unwrap() / MIB;
+    let template_memory = |d: &Value| {
+        let resources = &d["spec"]["template"]["spec"]["containers"][0]["resources"];
+        (
+            mib(&resources["limits"]["memory"]),
+            mib(&resources["requests"]["memory"]),
+        )
+    };
+    // (Deployment s6 was built at the WorkModel's 128Mi/64Mi; by now the policy has had
+    // many ticks, so the template is only looked at once it has moved.)
+    eventually("s6's template at min memory", WAIT, || {
+        let d = cluster.get(NS, "deployment/s6")?;
+        (template_memory(&d) == (64.0, 32.0)).then_some(())
+    });
+    let workmodel = cluster.get(NS, "workmodel/shop").unwrap();
+    assert_eq!(
+        workmodel["spec"]["services"]["s6"]["resources"]["limits"]["memory"], "128Mi",
+        "the WorkModel's own resources are left as they are"
+    );
+    let sp = cluster.get(NS, "scalingpolicy/shrink").unwrap();
+    let recommendation = &sp["status"]["templateRecommendations"][0];
+    assert_eq!(recommendation["workload"], "s6", "{}", sp["status"]);
+    assert_eq!(
+        mib(&recommendation["memory"]["limit"]),
+        64.0,
+        "{}",
+        sp["status"]
+    );
+    assert_eq!(
+        limit(&cluster, "shrink-0", "memory"),
+        128.0 * MIB,
+        "lowered in place"
+    );
+    eventually("the memory TemplateUpdated Event", WAIT, || {
+        events_with_reason(&cluster, "TemplateUpdated")
+            .iter()
+            .any(|e| {
+                e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("s6/cell memory") && n.contains("RestartContainer"))
+            })
+            .then_some(())
+    });
+    let (_, text) = operator.http_get("/metrics");
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="template"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="applied"}"#
+        ),
+        0.0,
+        "a memory decrease was sent in place: {text}"
+    );
 }
