@@ -519,6 +519,7 @@ pub fn observe(pod: &Pod, usage: &Usage) -> BTreeMap<ContainerKey, Observation> 
                 memory: observed(container, Resource::Memory, usage.memory.get(&key).copied()),
                 cpu_throttling: usage.cpu_throttling.get(&key).copied(),
                 last_oom,
+                workload: workload_of(pod),
             };
             (key, observation)
         })
@@ -740,6 +741,17 @@ mod tests {
         assert_eq!(
             observation.last_oom.as_deref(),
             Some("2026-11-23T10:00:00Z")
+        );
+        // OOM kills are remembered per workload: the observation names it.
+        assert_eq!(
+            observation.workload, None,
+            "an unlabelled pod without owner"
+        );
+        let mut labelled = running_pod();
+        labelled.metadata.labels = Some(BTreeMap::from([(SERVICE_LABEL.into(), "s0".into())]));
+        assert_eq!(
+            observe(&labelled, &usage)[&key].workload.as_deref(),
+            Some("s0")
         );
     }
 

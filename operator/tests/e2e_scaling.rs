@@ -893,9 +893,22 @@ spec:
     eventually("a new target for big-0", WAIT, || {
         (limit(&cluster, "big-0", "cpu") == 1.125).then_some(())
     });
-    // The OOM-bumped memory limit is never lowered in place (usage 60Mi would fit 90Mi):
-    // Kubernetes refuses it without `resizePolicy: RestartContainer`, so nothing failed.
-    assert_eq!(limit(&cluster, "mem-0", "memory"), 228.0 * 1024.0 * 1024.0);
+    // The OOM-bumped memory limit is never lowered in place: Kubernetes refuses it without
+    // `resizePolicy: RestartContainer`, so nothing failed. And the recommendation stops at
+    // the OOM floor: usage 60Mi would fit 90Mi, but the container was killed at 128Mi, so
+    // no lower than 128Mi / upper (0.8) = 160Mi.
+    assert_eq!(limit(&cluster, "mem-0", "memory"), 228.0 * MIB);
+    let sp = eventually("the OOM floor in the status", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/mem")?;
+        let memory = &sp["status"]["containers"][0]["memory"];
+        (memory["downEvents"].as_u64() > Some(0)).then_some(sp)
+    });
+    let memory = &sp["status"]["containers"][0]["memory"];
+    assert_eq!(memory["floor"], "160Mi", "{memory}");
+    eventually("the recommendation at the OOM floor", WAIT, || {
+        let sp = cluster.get(NS, "scalingpolicy/mem")?;
+        (sp["status"]["containers"][0]["memory"]["recommendation"] == "160Mi").then_some(())
+    });
     let (_, text) = operator.http_get("/metrics");
     assert_eq!(
         metric_value(

@@ -225,17 +225,45 @@ fn a_load_step_raises_the_cpu_limit_in_place_and_quiet_brings_it_back_down() {
     });
     assert!(throttled <= 100, "a percentage: {throttled}");
 
+    // The pod is replaced (deleted; its ReplicaSet creates another at the template's
+    // 200m): the new pod gets its workload's size at once, in place, its process never
+    // restarted. Then it is quiet: it is idle from its first second.
+    drop(load);
+    let given = cluster.get(NS, "scalingpolicy/pi").unwrap()["status"]["sizes"][0]["cpu"]["limit"]
+        .as_str()
+        .map(millicores);
+    assert!(given > Some(START_MILLIS), "the workload's size: {given:?}");
+    cluster.kubectl(
+        &["delete", "pod", &before.pod, "-n", NS, "--wait=false"],
+        None,
+    );
+    let replacement = eventually("the replacement pod running", WAIT, || {
+        seen(&cluster).filter(|now| now.pod != before.pod)
+    });
+    let resized = eventually("the replacement at its workload's size", WAIT, || {
+        let now = seen(&cluster).filter(|now| now.pod == replacement.pod)?;
+        (Some(now.spec_limit) == given && now.status_limit == given).then_some(now)
+    });
+    assert_eq!(
+        (resized.pid, resized.restarts),
+        (replacement.pid, 0),
+        "the new pod was resized in place, not restarted"
+    );
+    let quota = i64::try_from(resized.spec_limit * 100).unwrap();
+    eventually("the replacement's cgroup quota at its size", WAIT, || {
+        (cfs_quota(resized.pid) == quota).then_some(())
+    });
+
     // Quiet: after downEvents windows below the lower band the limit comes back down
     // (fit to usage, clamped at the policy's 200m minimum).
-    drop(load);
-    let peak = seen(&cluster).unwrap().spec_limit;
+    let peak = resized.spec_limit;
     let lowered = eventually("the CPU limit lowered after the load", WAIT, || {
-        let now = seen(&cluster)?;
+        let now = seen(&cluster).filter(|now| now.pod == resized.pod)?;
         (now.spec_limit < peak && now.status_limit == Some(now.spec_limit)).then_some(now)
     });
     assert_eq!(
         (lowered.pid, lowered.restarts),
-        (before.pid, before.restarts),
+        (resized.pid, resized.restarts),
         "scaled down in place too"
     );
     let quota = i64::try_from(lowered.spec_limit * 100).unwrap();
@@ -248,14 +276,25 @@ fn a_load_step_raises_the_cpu_limit_in_place_and_quiet_brings_it_back_down() {
     );
     let events: Value = serde_json::from_str(&events).unwrap();
     // Repeats of an Event are folded into its `series.count`.
-    let resized: u64 = events["items"]
+    let resize_events: u64 = events["items"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["reason"] == "Resized")
         .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
         .sum();
-    assert!(resized >= 2, "one Resized event per action: {events}");
+    assert!(resize_events >= 3, "one Resized event per action: {events}");
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "Resized"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains(&lowered.pod) && n.contains("new pod"))),
+        "the new pod's resize says why: {events}"
+    );
 
     // The real Prometheus hangs: queries time out, the policy says so and holds.
     eventually("MetricsAvailable=True", WAIT, || {
@@ -278,7 +317,7 @@ fn a_load_step_raises_the_cpu_limit_in_place_and_quiet_brings_it_back_down() {
     let held = seen(&cluster).unwrap();
     assert_eq!(
         (held.spec_limit, held.pid, held.restarts),
-        (lowered.spec_limit, before.pid, before.restarts),
+        (lowered.spec_limit, lowered.pid, lowered.restarts),
         "sizes held while usage is unknown"
     );
     // It answers again: the policy resumes by itself.

@@ -861,8 +861,10 @@ pub struct ResourceScalingStatus {
     /// was throttled by its limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled_percent: Option<u32>,
-    /// CPU only: a scale-down goes no lower than this. The container was throttled at the
-    /// limit `upper` × floor, and its usage has not fallen below `lower` × what it was then.
+    /// A scale-down goes no lower than this. CPU: the container was throttled at the limit
+    /// `upper` × floor, and its usage has not fallen below `lower` × what it was then.
+    /// Memory: the workload's container was OOM-killed at the limit `upper` × floor within
+    /// the last 24 hours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::optional_quantity")]
     pub floor: Option<Quantity>,

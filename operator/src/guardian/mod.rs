@@ -16,7 +16,9 @@
 //!    to [`min`, `max`] and, for memory, never below usage; after a throttled window, CPU
 //!    scale-downs stop above the limit it was throttled at ([`rescale::Floor`]);
 //! 4. an out-of-memory kill bumps memory at once (VPA's rule: max(factor × limit, limit +
-//!    min)), regardless of events and cooldown;
+//!    min)), regardless of events and cooldown; for [`OOM_MEMORY`] afterwards, memory
+//!    scale-downs of that workload's container stop at the killed limit ÷ `upper`
+//!    ([`rescale::oom_floor`]), in its recreated pods too;
 //! 5. at most one resize per container per `cooldown`; a resize clears that resource's
 //!    events (Serverless Containers' `events_to_remove`);
 //! 6. requests follow limits at their original ratio, so the QoS class never changes;
@@ -82,7 +84,17 @@ pub struct Observation {
     /// Identifies the container's most recent out-of-memory kill (e.g. its `finishedAt`),
     /// `None` if it never had one. A value the Guardian has not seen before bumps memory.
     pub last_oom: Option<String>,
+    /// The workload of the container's pod (its service, app or owner), if known. What an
+    /// OOM kill taught is kept per workload container, so the pods that replace a killed
+    /// one (recreated with a smaller template, rescheduled) are not shrunk back to it.
+    pub workload: Option<String>,
 }
+
+/// How long an OOM kill keeps memory scale-downs above the limit it happened at: the
+/// half-life VPA gives its memory samples (`--memory-histogram-decay-half-life`), so a
+/// daily peak is remembered from one day to the next and a one-off spike is not kept for
+/// ever.
+pub const OOM_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Why a resize was decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,7 +191,8 @@ pub struct ResourceReport {
     pub recommendation: Option<f64>,
     /// CPU: the share of throttled CPU periods in the window, when known.
     pub throttling: Option<f64>,
-    /// CPU: the least limit a scale-down may set after throttling (see [`rescale::Floor`]).
+    /// The least limit a scale-down may set: for CPU after throttling (see
+    /// [`rescale::Floor`]), for memory after an OOM kill (see [`rescale::oom_floor`]).
     pub floor: Option<f64>,
     /// Why nothing can be done, e.g. the container has no limit.
     pub note: Option<&'static str>,
@@ -270,10 +283,20 @@ impl Memory {
     }
 }
 
+/// The memory limit a container was OOM-killed at (the highest within [`OOM_MEMORY`]), and
+/// when that was last seen.
+#[derive(Clone, Copy, Debug)]
+struct OomKill {
+    limit: f64,
+    at: Duration,
+}
+
 /// The Guardian of one ScalingPolicy: remembers events and cooldowns between ticks.
 #[derive(Clone, Debug, Default)]
 pub struct Guardian {
     containers: BTreeMap<ContainerKey, Memory>,
+    /// Per workload (or, without one, pod) and container name: outlives the pods.
+    oom_kills: BTreeMap<(String, String), OomKill>,
 }
 
 /// A resize wanted for one resource, before the budget is applied.
@@ -301,6 +324,8 @@ impl Guardian {
     ) -> Result<Tick, PolicyError> {
         self.containers
             .retain(|key, _| observations.contains_key(key));
+        self.oom_kills
+            .retain(|_, kill| now.saturating_sub(kill.at) < OOM_MEMORY);
         let mut tick = Tick::default();
         let mut wanted = Vec::new();
         for resource in [Resource::Cpu, Resource::Memory] {
@@ -370,7 +395,33 @@ impl Guardian {
                         .cpu_floor
                         .map(|f| bounds.clamp(resource, f.limit(&bounds)));
                 }
-                let floor = memory.cpu_floor.filter(|_| resource == Resource::Cpu);
+                let oom_key = (
+                    observation
+                        .workload
+                        .clone()
+                        .unwrap_or_else(|| key.pod.clone()),
+                    key.container.clone(),
+                );
+                let new_oom =
+                    observation.last_oom.is_some() && observation.last_oom != memory.handled_oom;
+                if new_oom && resource == Resource::Memory {
+                    let killed = self
+                        .oom_kills
+                        .entry(oom_key.clone())
+                        .or_insert(OomKill { limit, at: now });
+                    killed.limit = killed.limit.max(limit);
+                    killed.at = now;
+                }
+                let floor = match resource {
+                    Resource::Cpu => memory.cpu_floor.map(|f| f.limit(&bounds)),
+                    Resource::Memory => self
+                        .oom_kills
+                        .get(&oom_key)
+                        .map(|kill| rescale::oom_floor(&bounds, kill.limit)),
+                };
+                if resource == Resource::Memory {
+                    report.floor = floor.map(|f| bounds.clamp(resource, f));
+                }
                 let events = memory.events(resource);
                 events.forget_before(now.saturating_sub(timeout));
                 if let Some(usage) = observed.usage {
@@ -388,8 +439,6 @@ impl Guardian {
                 report.up_events = ups;
                 report.down_events = downs;
                 let usage = observed.usage.unwrap_or(0.0);
-                let new_oom =
-                    observation.last_oom.is_some() && observation.last_oom != memory.handled_oom;
                 let decided = match oom {
                     Some((factor, min_bump)) if new_oom => Some((
                         rescale::oom_bump(&bounds, factor, min_bump, limit),
@@ -418,14 +467,7 @@ impl Guardian {
                         Reason::Throttled(throttled),
                     )),
                     _ if observed.usage.is_some() && downs >= down_needed && ups == 0 => Some((
-                        rescale::scale_down(
-                            resource,
-                            &scale_down,
-                            &bounds,
-                            limit,
-                            usage,
-                            floor.as_ref(),
-                        ),
+                        rescale::scale_down(resource, &scale_down, &bounds, limit, usage, floor),
                         Reason::DownEvents(downs),
                     )),
                     _ => None,

@@ -192,14 +192,14 @@ pub fn scale_down(
     bounds: &Bounds,
     limit: f64,
     usage: f64,
-    floor: Option<&Floor>,
+    floor: Option<f64>,
 ) -> f64 {
     let mut wanted = step(action, limit, usage, false);
     if bounds.upper > 0.0 {
         wanted = wanted.max(usage / bounds.upper);
     }
     if let Some(floor) = floor {
-        wanted = wanted.max(floor.limit(bounds));
+        wanted = wanted.max(floor);
     }
     if resource == Resource::Memory {
         wanted = wanted.max(usage);
@@ -211,6 +211,17 @@ pub fn scale_down(
 /// clamped to [min, max].
 pub fn oom_bump(bounds: &Bounds, factor: f64, min_bump: f64, limit: f64) -> f64 {
     bounds.clamp(Resource::Memory, (limit * factor).max(limit + min_bump))
+}
+
+/// The least memory limit a scale-down may set after an out-of-memory kill at
+/// `killed_limit`: the demand reached at least that limit, so the limit at which that usage
+/// is no up event, `killed_limit / upper` (the memory twin of [`Floor::limit`]).
+pub fn oom_floor(bounds: &Bounds, killed_limit: f64) -> f64 {
+    if bounds.upper > 0.0 {
+        killed_limit / bounds.upper
+    } else {
+        killed_limit
+    }
 }
 
 /// Relative change of a decided target below which the recommendation keeps its value:
@@ -398,7 +409,7 @@ mod tests {
             &b,
             1.75,
             0.5,
-            Some(&floor),
+            Some(floor.limit(&b)),
         );
         assert!(close(new, 1.25), "{new}");
         // Never above the current limit.
@@ -408,7 +419,7 @@ mod tests {
             &b,
             1.1,
             0.5,
-            Some(&floor),
+            Some(floor.limit(&b)),
         );
         assert!(close(new, 1.1), "{new}");
         // Throttled again at the floor: it rises by 1 / upper, and keeps the highest limit.

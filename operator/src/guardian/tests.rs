@@ -364,6 +364,63 @@ fn an_oom_kill_bumps_memory_at_once_and_only_once() {
 }
 
 #[test]
+fn after_an_oom_kill_memory_scale_downs_stop_above_the_killed_limit_in_every_pod_of_the_workload() {
+    let policy =
+        spec(json!({"memory": {"min": "64Mi", "max": "4Gi", "downEvents": 2}, "cooldown": "0s"}));
+    let observation = |limit: f64, usage: f64, oom: Option<&str>, workload: &str| Observation {
+        memory: Observed {
+            usage: Some(usage * MI),
+            request: Some(limit * MI),
+            limit: Some(limit * MI),
+        },
+        last_oom: oom.map(str::to_owned),
+        workload: Some(workload.to_owned()),
+        ..Observation::default()
+    };
+    let kill = Some("2026-11-23T10:00:00Z");
+    let mut guardian = Guardian::new();
+    let p1 = ContainerKey::new("w-1", "c");
+    let bumped = guardian
+        .tick(
+            &policy,
+            secs(0),
+            &one(&p1, observation(256.0, 100.0, kill, "w")),
+        )
+        .unwrap();
+    assert_eq!(bumped.decisions[0].changes[0].to.limit.0, "356Mi");
+    // Two down events at `at` and `at` + 5 s; the limit the second one decides.
+    let mut shrink = |at: u64, key: &ContainerKey, observation: Observation| {
+        let first = guardian
+            .tick(&policy, secs(at), &one(key, observation.clone()))
+            .unwrap();
+        assert!(first.decisions.is_empty(), "{first:?}");
+        let second = guardian
+            .tick(&policy, secs(at + 5), &one(key, observation))
+            .unwrap();
+        let floor = second.reports[key][&ResourceName::Memory].floor;
+        (second.decisions[0].changes[0].to.limit.0.clone(), floor)
+    };
+    // 50Mi of 356Mi: fitToUsage would set 75Mi, below the 256Mi the container was killed
+    // at; the scale-down stops at 256Mi / 0.8 = 320Mi.
+    let (to, floor) = shrink(10, &p1, observation(356.0, 50.0, kill, "w"));
+    assert_eq!(to, "320Mi");
+    assert_eq!(floor, Some(320.0 * MI));
+    // The pod is replaced (recreated at a smaller template, say): its successor of the
+    // same workload container inherits the floor.
+    let p2 = ContainerKey::new("w-2", "c");
+    let (to, _) = shrink(100, &p2, observation(400.0, 50.0, None, "w"));
+    assert_eq!(to, "320Mi");
+    // Another workload's container was never killed.
+    let other = ContainerKey::new("v-1", "c");
+    let (to, floor) = shrink(200, &other, observation(400.0, 50.0, None, "v"));
+    assert_eq!((to.as_str(), floor), ("75Mi", None));
+    // A day after the kill, the floor is forgotten.
+    let day = OOM_MEMORY.as_secs();
+    let (to, floor) = shrink(day, &p2, observation(400.0, 50.0, None, "w"));
+    assert_eq!((to.as_str(), floor), ("75Mi", None));
+}
+
+#[test]
 fn a_container_without_limit_is_reported_not_scaled() {
     let key = ContainerKey::new("p", "c");
     let observation = Observation {
