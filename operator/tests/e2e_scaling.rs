@@ -78,6 +78,16 @@ fn metric_value(text: &str, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// `cellmesh_scaling_actions_total` for one resource, direction and result (0 when absent).
+fn actions(text: &str, resource: &str, direction: &str, result: &str) -> f64 {
+    metric_value(
+        text,
+        &format!(
+            r#"cellmesh_scaling_actions_total{{resource="{resource}",direction="{direction}",result="{result}"}}"#
+        ),
+    )
+}
+
 fn cpu_limit(cluster: &Cluster) -> String {
     let pod = cluster.get(NS, "pod/web-0").unwrap();
     pod["spec"]["containers"][0]["resources"]["limits"]["cpu"]
@@ -202,10 +212,7 @@ spec:
     // The action is counted on /metrics under the names dashboards/scaling.json queries.
     let (code, metrics) = operator.http_get("/metrics");
     assert_eq!(code, 200, "{metrics}");
-    let applied = metric_value(
-        &metrics,
-        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#,
-    );
+    let applied = actions(&metrics, "cpu", "up", "applied");
     assert!(applied >= 1.0, "{metrics}");
     assert!(
         metric_value(&metrics, "cellmesh_scaling_decision_seconds_count") >= 1.0,
@@ -234,14 +241,11 @@ spec:
         "625m"
     );
     eventually("the new pod's Resized Event", WAIT, || {
-        events_with_reason(&cluster, "Resized")
-            .iter()
-            .any(|e| {
-                e["note"].as_str().is_some_and(|n| {
-                    n.contains("web-1/cell cpu 500m→1250m") && n.contains("new pod")
-                })
-            })
-            .then_some(())
+        event_noting(
+            &cluster,
+            "Resized",
+            &["web-1/cell cpu 500m→1250m", "new pod"],
+        )
     });
 
     // Prometheus fails: the policy says so and holds, even though usage would scale.
@@ -469,6 +473,18 @@ fn events_with_reason(cluster: &Cluster, reason: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `Some` once an Event with `reason` has a note containing every one of `needles`.
+fn event_noting(cluster: &Cluster, reason: &str, needles: &[&str]) -> Option<()> {
+    events_with_reason(cluster, reason)
+        .iter()
+        .any(|e| {
+            e["note"]
+                .as_str()
+                .is_some_and(|n| needles.iter().all(|needle| n.contains(needle)))
+        })
+        .then_some(())
+}
+
 fn start_cluster() -> Cluster {
     let cluster = Cluster::start();
     cluster.kubectl(&["create", "namespace", NS]);
@@ -548,39 +564,23 @@ spec:
     );
     assert_eq!(sp["status"]["containers"][0]["cpu"]["usage"], "500m");
     eventually("the Recommended Event", WAIT, || {
-        let events = events_with_reason(&cluster, "Recommended");
-        events
-            .iter()
-            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("500m→1250m")))
-            .then_some(())
+        event_noting(&cluster, "Recommended", &["500m→1250m"])
     });
     let (_, text) = operator.http_get("/metrics");
-    assert!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="recommended"}"#
-        ) >= 1.0,
-        "{text}"
-    );
+    assert!(actions(&text, "cpu", "up", "recommended") >= 1.0, "{text}");
     assert_eq!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#
-        ),
+        actions(&text, "cpu", "up", "applied"),
         0.0,
         "mode Off applies nothing: {text}"
     );
     // A new pod is only recorded too: the size its workload would get, as an Event.
     running_pod(&cluster, "web-1", "s0", json!({}));
     eventually("the new pod's recommendation", WAIT, || {
-        events_with_reason(&cluster, "Recommended")
-            .iter()
-            .any(|e| {
-                e["note"].as_str().is_some_and(|n| {
-                    n.contains("web-1/cell cpu 500m→1250m") && n.contains("new pod")
-                })
-            })
-            .then_some(())
+        event_noting(
+            &cluster,
+            "Recommended",
+            &["web-1/cell cpu 500m→1250m", "new pod"],
+        )
     });
     // Several intervals later the pods are untouched.
     std::thread::sleep(Duration::from_secs(2));
@@ -797,14 +797,11 @@ spec:
 
     // Node headroom: tight-0 wants 1250m (request 625m) but its node has 550m free.
     eventually("the InsufficientNodeHeadroom Event", WAIT, || {
-        events_with_reason(&cluster, "InsufficientNodeHeadroom")
-            .iter()
-            .any(|e| {
-                e["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("tight-0") && n.contains("550m free of 800m"))
-            })
-            .then_some(())
+        event_noting(
+            &cluster,
+            "InsufficientNodeHeadroom",
+            &["tight-0", "550m free of 800m"],
+        )
     });
     assert_eq!(
         limit(&cluster, "tight-0", "cpu"),
@@ -812,13 +809,7 @@ spec:
         "resized beyond its node"
     );
     let (_, text) = operator.http_get("/metrics");
-    assert!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="deferred"}"#
-        ) >= 1.0,
-        "{text}"
-    );
+    assert!(actions(&text, "cpu", "up", "deferred") >= 1.0, "{text}");
 
     // OOM kill: memory bumped by max(1.2 × 128Mi, 128Mi + 100Mi) = 228Mi.
     eventually("memory bumped after the OOM kill", WAIT, || {
@@ -826,14 +817,7 @@ spec:
     });
     assert_eq!(limit(&cluster, "mem-0", "memory"), 228.0 * 1024.0 * 1024.0);
     eventually("the OOM bump's Event", WAIT, || {
-        events_with_reason(&cluster, "Resized")
-            .iter()
-            .any(|e| {
-                e["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("mem-0/cell memory") && n.contains("out-of-memory"))
-            })
-            .then_some(())
+        event_noting(&cluster, "Resized", &["mem-0/cell memory", "out-of-memory"])
     });
 
     // Infeasible: the node refuses big-0's resize; it keeps its size in force.
@@ -860,18 +844,11 @@ spec:
         "{infeasible}"
     );
     eventually("the ResizeInfeasible Event", WAIT, || {
-        events_with_reason(&cluster, "ResizeInfeasible")
-            .iter()
-            .any(|e| e["note"].as_str().is_some_and(|n| n.contains("big-0")))
-            .then_some(())
+        event_noting(&cluster, "ResizeInfeasible", &["big-0"])
     });
-    let applied_series =
-        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="applied"}"#;
-    let infeasible_series =
-        r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="infeasible"}"#;
     eventually("the infeasible action counted", WAIT, || {
         let (_, text) = operator.http_get("/metrics");
-        (metric_value(&text, infeasible_series) == 1.0).then_some(())
+        (actions(&text, "cpu", "up", "infeasible") == 1.0).then_some(())
     });
     // Usage unchanged: the Guardian, deciding from the size in force (500m), wants 1250m
     // again every interval — and sends nothing (no applied action is added).
@@ -884,8 +861,8 @@ spec:
     std::thread::sleep(Duration::from_secs(2));
     let (_, after) = operator.http_get("/metrics");
     assert_eq!(
-        metric_value(&after, applied_series),
-        metric_value(&before, applied_series),
+        actions(&after, "cpu", "up", "applied"),
+        actions(&before, "cpu", "up", "applied"),
         "an infeasible resize was sent again: {after}"
     );
     // A different target is sent: at 450m the step is capped at usage / lower = 1125m.
@@ -910,25 +887,14 @@ spec:
         (sp["status"]["containers"][0]["memory"]["recommendation"] == "160Mi").then_some(())
     });
     let (_, text) = operator.http_get("/metrics");
-    assert_eq!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="failed"}"#
-        ),
-        0.0,
-        "{text}"
-    );
+    assert_eq!(actions(&text, "memory", "down", "failed"), 0.0, "{text}");
 
     // Refused resizes: old-0's is sent again with backoff (the failures go on being
     // counted) but its Warning Event is published once, for the one target (a second
     // publication would turn the Event into a series).
     eventually("old-0's resize refused a few times", WAIT, || {
         let (_, text) = operator.http_get("/metrics");
-        (metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="failed"}"#,
-        ) >= 3.0)
-            .then_some(())
+        (actions(&text, "cpu", "up", "failed") >= 3.0).then_some(())
     });
     let refused = events_with_reason(&cluster, "ResizeRefused");
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -988,14 +954,7 @@ spec:
     assert_eq!(recommendation["workload"], "s4", "{}", sp["status"]);
     assert_eq!(recommendation["cpu"]["limit"], "1250m", "{}", sp["status"]);
     eventually("the TemplateUpdated Event", WAIT, || {
-        events_with_reason(&cluster, "TemplateUpdated")
-            .iter()
-            .any(|e| {
-                e["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("s4/cell cpu"))
-            })
-            .then_some(())
+        event_noting(&cluster, "TemplateUpdated", &["s4/cell cpu"])
     });
     // Several reconciles of both controllers later (every status write of the policy
     // triggers the WorkModel's), the template and its generation have not moved.
@@ -1015,14 +974,7 @@ spec:
     assert_eq!(d["metadata"]["generation"].as_i64().unwrap(), generation);
     assert_eq!(template_cpu(&d), ("1250m".into(), "625m".into()));
     let (_, text) = operator.http_get("/metrics");
-    assert_eq!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="cpu",direction="up",result="template"}"#
-        ),
-        1.0,
-        "{text}"
-    );
+    assert_eq!(actions(&text, "cpu", "up", "template"), 1.0, "{text}");
 
     // A lowered max reaches the template: the recommendation is clamped to it (the
     // request keeps its 1:2 ratio), and the template follows.
@@ -1094,29 +1046,16 @@ spec:
         "lowered in place"
     );
     eventually("the memory TemplateUpdated Event", WAIT, || {
-        events_with_reason(&cluster, "TemplateUpdated")
-            .iter()
-            .any(|e| {
-                e["note"]
-                    .as_str()
-                    .is_some_and(|n| n.contains("s6/cell memory") && n.contains("RestartContainer"))
-            })
-            .then_some(())
+        event_noting(
+            &cluster,
+            "TemplateUpdated",
+            &["s6/cell memory", "RestartContainer"],
+        )
     });
     let (_, text) = operator.http_get("/metrics");
+    assert_eq!(actions(&text, "memory", "down", "template"), 1.0, "{text}");
     assert_eq!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="template"}"#
-        ),
-        1.0,
-        "{text}"
-    );
-    assert_eq!(
-        metric_value(
-            &text,
-            r#"cellmesh_scaling_actions_total{resource="memory",direction="down",result="applied"}"#
-        ),
+        actions(&text, "memory", "down", "applied"),
         0.0,
         "a memory decrease was sent in place: {text}"
     );

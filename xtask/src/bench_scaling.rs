@@ -6,7 +6,8 @@
 //! - (c) the example's ScalingPolicy (`examples/scaling/pi-loop.yaml`), starting small,
 //! - (d) the same policy with the faster reaction rules of 2026-12-07 turned off (CPU usage
 //!   as `rate()` over the window; throttled windows are ordinary up events): the in-run
-//!   baseline of what they buy.
+//!   baseline of what they buy. It keeps the throttling reading (added later), which
+//!   alone brings its reaction to that of (c) (9.5 s each on 2026-12-08).
 //!
 //! Then the same average load in bursts (`--burst`: 16 requests due at once every 0.8 s at
 //! 20 req/s), where the average usage sits inside the band and only the CFS throttling
