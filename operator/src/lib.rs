@@ -24,6 +24,7 @@ pub mod import;
 pub mod run;
 pub mod scaler;
 pub mod scaling;
+pub mod scaling_clock;
 pub mod status;
 pub mod telemetry;
 pub mod timeline;

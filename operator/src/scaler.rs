@@ -519,6 +519,8 @@ pub fn observe(pod: &Pod, usage: &Usage) -> BTreeMap<ContainerKey, Observation> 
                 memory: observed(container, Resource::Memory, usage.memory.get(&key).copied()),
                 cpu_throttling: usage.cpu_throttling.get(&key).copied(),
                 last_oom,
+                // Put on the Guardian's clock by the controller, which knows it.
+                last_oom_at: None,
                 workload: workload_of(pod),
             };
             (key, observation)

@@ -63,6 +63,7 @@ use serde_json::{Value, json};
 use crate::build::{APP_LABEL, ResourceOverrides, SERVICE_LABEL, WORKMODEL_LABEL};
 use crate::guardian::{self, ContainerKey, Decision, Guardian, ResourceName, Tick};
 use crate::scaler::{self, ResizeState};
+use crate::scaling_clock;
 use crate::telemetry::{Health, ScalingResult};
 use crate::usage::{self, Prometheus, Usage, UsageError};
 
@@ -117,10 +118,16 @@ struct Refused {
 }
 
 impl PolicyState {
-    fn new(uid: String) -> Self {
+    /// The state of a policy this process reconciles for the first time: nothing but the
+    /// out-of-memory kills its status remembers (an earlier process's, or none).
+    fn resumed(uid: String, status: &ScalingPolicyStatus, now: &Time, clock: Duration) -> Self {
+        let mut guardian = Guardian::new();
+        for kill in scaling_clock::oom_kills_from_status(&status.oom_kills, now.0, clock) {
+            guardian.remember_oom(kill);
+        }
         Self {
             uid,
-            guardian: Guardian::new(),
+            guardian,
             infeasible: BTreeMap::new(),
             sent: BTreeMap::new(),
             last_tick: None,
@@ -270,12 +277,13 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
     let (due, next_tick, new_pods) = {
         let mut states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
         let uid = policy.uid().unwrap_or_default();
+        let clock = scaling_clock::guardian_clock(context.started);
         let state = states
             .entry(key.clone())
-            .or_insert_with(|| PolicyState::new(uid.clone()));
+            .or_insert_with(|| PolicyState::resumed(uid.clone(), &previous, &now_time, clock));
         if state.uid != uid {
             // Deleted and recreated under the same name: start afresh.
-            *state = PolicyState::new(uid);
+            *state = PolicyState::resumed(uid, &previous, &now_time, clock);
         }
         let since = state.last_tick.map(|at| at.elapsed());
         // A tenth of slack: a requeue after `interval` may fire a moment early.
@@ -394,11 +402,21 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
             }
         })
         .collect();
-    let elapsed = context.started.elapsed();
+    let clock = scaling_clock::guardian_clock(context.started);
+    let mut observations = observations;
+    scaling_clock::time_oom_kills(observations.values_mut(), now_time.0, clock);
     let tick = {
         let mut states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
         match states.get_mut(&key) {
-            Some(state) => state.guardian.tick(spec, elapsed, &observations),
+            Some(state) => {
+                let tick = state.guardian.tick(spec, clock, &observations);
+                status.oom_kills = scaling_clock::oom_kills_to_status(
+                    &state.guardian.oom_kills(),
+                    now_time.0,
+                    clock,
+                );
+                tick
+            }
             None => Ok(Tick::default()),
         }
     };

@@ -695,8 +695,9 @@ spec:
         &cluster,
         "mem-0",
         "s2",
+        // Killed a moment ago: a kill more than a day old would count as handled long ago.
         json!({"terminated": {"exitCode": 137, "reason": "OOMKilled",
-                              "finishedAt": "2026-11-23T10:00:00Z"}}),
+                              "finishedAt": jiff::Timestamp::now().to_string()}}),
     );
     let policy = |name: &str, service: &str, body: &str| {
         format!(
@@ -1059,4 +1060,36 @@ spec:
         0.0,
         "a memory decrease was sent in place: {text}"
     );
+
+    // The operator restarts (an upgrade, a new leader). The OOM kill comes back from the
+    // status: mem-0 is not bumped a second time for it (its lastState still says
+    // OOMKilled), and its floor still holds.
+    let sp = cluster.get(NS, "scalingpolicy/mem").unwrap();
+    let kills = &sp["status"]["oomKills"];
+    assert_eq!(
+        (
+            &kills[0]["workload"],
+            &kills[0]["container"],
+            &kills[0]["limit"]
+        ),
+        (&json!("s2"), &json!("cell"), &json!("128Mi")),
+        "{kills}"
+    );
+    drop(operator);
+    let operator = cluster.operator("solo", &[]);
+    // Every policy ticks every 500ms: 40 ticks are a few of each.
+    eventually("the new operator's ticks", WAIT, || {
+        let (_, text) = operator.http_get("/metrics");
+        (metric_value(&text, "cellmesh_scaling_decision_seconds_count") >= 40.0).then_some(())
+    });
+    let (_, text) = operator.http_get("/metrics");
+    assert_eq!(actions(&text, "memory", "up", "applied"), 0.0, "{text}");
+    assert_eq!(
+        limit(&cluster, "mem-0", "memory"),
+        228.0 * MIB,
+        "bumped again for the same kill"
+    );
+    let sp = cluster.get(NS, "scalingpolicy/mem").unwrap();
+    let memory = &sp["status"]["containers"][0]["memory"];
+    assert_eq!(memory["floor"], "160Mi", "{memory}");
 }

@@ -753,6 +753,28 @@ pub struct ScalingPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "workload_sizes_schema")]
     pub template_recommendations: Vec<WorkloadSize>,
+    /// Out-of-memory kills of the last 24 hours, per workload and container: until 24 hours
+    /// after the last one, memory scale-downs stop at `limit` / `upper`. Kept here so that a
+    /// restarted operator (or a new leader) neither forgets them nor bumps memory again for
+    /// a kill already handled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "oom_kills_schema")]
+    pub oom_kills: Vec<OomKill>,
+}
+
+/// An out-of-memory kill of a workload's container that the policy remembers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OomKill {
+    /// The WorkModel service, the App, or (selector targets) the Deployment; a pod's name
+    /// when its workload is unknown.
+    pub workload: String,
+    /// The container's name.
+    pub container: String,
+    /// The highest memory limit it was killed at within the last 24 hours.
+    pub limit: Quantity,
+    /// When the last of those kills happened (the container's `finishedAt`).
+    pub last_kill_time: Time,
 }
 
 /// The size of one container of a workload's pods.
@@ -897,6 +919,16 @@ fn service_names_schema(_: &mut SchemaGenerator) -> Schema {
 
 fn workload_sizes_schema(generator: &mut SchemaGenerator) -> Schema {
     let item = generator.subschema_for::<WorkloadSize>();
+    json_schema!({
+        "type": "array",
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["workload", "container"]
+    })
+}
+
+fn oom_kills_schema(generator: &mut SchemaGenerator) -> Schema {
+    let item = generator.subschema_for::<OomKill>();
     json_schema!({
         "type": "array",
         "items": item,

@@ -84,6 +84,9 @@ pub struct Observation {
     /// Identifies the container's most recent out-of-memory kill (e.g. its `finishedAt`),
     /// `None` if it never had one. A value the Guardian has not seen before bumps memory.
     pub last_oom: Option<String>,
+    /// When that kill happened, on the Guardian's clock; `None` when unknown (then a kill
+    /// the Guardian has not seen is always new).
+    pub last_oom_at: Option<Duration>,
     /// The workload of the container's pod (its service, app or owner), if known. What an
     /// OOM kill taught is kept per workload container, so the pods that replace a killed
     /// one (recreated with a smaller template, rescheduled) are not shrunk back to it.
@@ -95,6 +98,11 @@ pub struct Observation {
 /// daily peak is remembered from one day to the next and a one-off spike is not kept for
 /// ever.
 pub const OOM_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How much later than a remembered kill another may be and still be that kill: the
+/// status keeps whole seconds (`metav1.Time`), and the wall-clock conversions of two
+/// operator processes differ by milliseconds.
+const KILL_TIME_SLACK: Duration = Duration::from_secs(1);
 
 /// Why a resize was decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,8 +291,18 @@ impl Memory {
     }
 }
 
-/// The memory limit a container was OOM-killed at (the highest within [`OOM_MEMORY`]), and
-/// when that was last seen.
+/// An out-of-memory kill the Guardian remembers for a workload's container: the highest
+/// limit it was killed at within [`OOM_MEMORY`], and when the last kill happened (on the
+/// Guardian's clock).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RememberedOom {
+    /// The workload, or the pod's name when its workload is unknown.
+    pub workload: String,
+    pub container: String,
+    pub limit: f64,
+    pub at: Duration,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct OomKill {
     limit: f64,
@@ -297,6 +315,17 @@ pub struct Guardian {
     containers: BTreeMap<ContainerKey, Memory>,
     /// Per workload (or, without one, pod) and container name: outlives the pods.
     oom_kills: BTreeMap<(String, String), OomKill>,
+}
+
+/// Where an OOM kill of `key`'s container is remembered: per workload container.
+fn oom_key(key: &ContainerKey, observation: &Observation) -> (String, String) {
+    (
+        observation
+            .workload
+            .clone()
+            .unwrap_or_else(|| key.pod.clone()),
+        key.container.clone(),
+    )
 }
 
 /// A resize wanted for one resource, before the budget is applied.
@@ -314,6 +343,48 @@ impl Guardian {
         Self::default()
     }
 
+    /// Whether the last OOM kill of a container the Guardian sees for the first time was
+    /// handled before (by this Guardian for a pod of the same workload, or by an earlier
+    /// operator whose kills came back through [`Guardian::remember_oom`]): it happened no
+    /// later than the last kill remembered for its workload container, or, with none
+    /// remembered, longer ago than [`OOM_MEMORY`]. A kill of unknown time is new.
+    fn handled_before(&self, key: &ContainerKey, observation: &Observation, now: Duration) -> bool {
+        let Some(at) = observation.last_oom_at else {
+            return false;
+        };
+        match self.oom_kills.get(&oom_key(key, observation)) {
+            Some(remembered) => at <= remembered.at + KILL_TIME_SLACK,
+            None => now.saturating_sub(at) >= OOM_MEMORY,
+        }
+    }
+
+    /// The out-of-memory kills it remembers, for the policy's status.
+    pub fn oom_kills(&self) -> Vec<RememberedOom> {
+        self.oom_kills
+            .iter()
+            .map(|((workload, container), kill)| RememberedOom {
+                workload: workload.clone(),
+                container: container.clone(),
+                limit: kill.limit,
+                at: kill.at,
+            })
+            .collect()
+    }
+
+    /// Takes back a kill from the policy's status (after an operator restart): its floor
+    /// holds again, and the kill itself (and any before it) is not bumped a second time.
+    pub fn remember_oom(&mut self, kill: RememberedOom) {
+        let remembered = self
+            .oom_kills
+            .entry((kill.workload, kill.container))
+            .or_insert(OomKill {
+                limit: kill.limit,
+                at: kill.at,
+            });
+        remembered.limit = remembered.limit.max(kill.limit);
+        remembered.at = remembered.at.max(kill.at);
+    }
+
     /// Evaluates one tick at time `now` (any monotonic clock, the same for every call).
     /// Containers missing from `observations` are forgotten (their pods are gone).
     pub fn tick(
@@ -326,6 +397,21 @@ impl Guardian {
             .retain(|key, _| observations.contains_key(key));
         self.oom_kills
             .retain(|_, kill| now.saturating_sub(kill.at) < OOM_MEMORY);
+        for (key, observation) in observations {
+            if !self.containers.contains_key(key) {
+                let handled_oom = self
+                    .handled_before(key, observation, now)
+                    .then(|| observation.last_oom.clone())
+                    .flatten();
+                self.containers.insert(
+                    key.clone(),
+                    Memory {
+                        handled_oom,
+                        ..Memory::default()
+                    },
+                );
+            }
+        }
         let mut tick = Tick::default();
         let mut wanted = Vec::new();
         for resource in [Resource::Cpu, Resource::Memory] {
@@ -395,22 +481,17 @@ impl Guardian {
                         .cpu_floor
                         .map(|f| bounds.clamp(resource, f.limit(&bounds)));
                 }
-                let oom_key = (
-                    observation
-                        .workload
-                        .clone()
-                        .unwrap_or_else(|| key.pod.clone()),
-                    key.container.clone(),
-                );
+                let oom_key = oom_key(key, observation);
                 let new_oom =
                     observation.last_oom.is_some() && observation.last_oom != memory.handled_oom;
                 if new_oom && resource == Resource::Memory {
+                    let at = observation.last_oom_at.unwrap_or(now);
                     let killed = self
                         .oom_kills
                         .entry(oom_key.clone())
-                        .or_insert(OomKill { limit, at: now });
+                        .or_insert(OomKill { limit, at });
                     killed.limit = killed.limit.max(limit);
-                    killed.at = now;
+                    killed.at = killed.at.max(at);
                 }
                 let floor = match resource {
                     Resource::Cpu => memory.cpu_floor.map(|f| f.limit(&bounds)),

@@ -421,6 +421,79 @@ fn after_an_oom_kill_memory_scale_downs_stop_above_the_killed_limit_in_every_pod
 }
 
 #[test]
+fn a_restarted_guardian_does_not_bump_a_kill_already_handled_but_bumps_a_new_one() {
+    let policy = spec(json!({"memory": {"min": "64Mi", "max": "4Gi"}, "cooldown": "0s"}));
+    let day = OOM_MEMORY;
+    let observation = |killed_at: Option<Duration>| Observation {
+        memory: Observed {
+            usage: Some(100.0 * MI),
+            request: Some(228.0 * MI),
+            limit: Some(228.0 * MI),
+        },
+        last_oom: killed_at.map(|at| format!("killed at {}", at.as_secs())),
+        last_oom_at: killed_at,
+        workload: Some("w".into()),
+        ..Observation::default()
+    };
+    let key = ContainerKey::new("w-1", "c");
+    let now = day + secs(3600);
+    let killed_at = day + secs(600);
+    // What the status gave back: this workload container was killed at 128Mi at `killed_at`.
+    let resumed = || {
+        let mut guardian = Guardian::new();
+        guardian.remember_oom(RememberedOom {
+            workload: "w".into(),
+            container: "c".into(),
+            limit: 128.0 * MI,
+            at: killed_at,
+        });
+        guardian
+    };
+    let mut guardian = resumed();
+    let tick = guardian
+        .tick(&policy, now, &one(&key, observation(Some(killed_at))))
+        .unwrap();
+    assert!(tick.decisions.is_empty(), "bumped again: {tick:?}");
+    assert_eq!(
+        tick.reports[&key][&ResourceName::Memory].floor,
+        Some(160.0 * MI),
+        "the floor is back"
+    );
+    assert_eq!(guardian.oom_kills()[0].limit, 128.0 * MI);
+    // The status keeps whole seconds: the same kill, read back a fraction later, is still
+    // that kill; one a few seconds after the remembered one (while no operator ran) is new.
+    let fraction = killed_at + Duration::from_millis(900);
+    let tick = resumed()
+        .tick(&policy, now, &one(&key, observation(Some(fraction))))
+        .unwrap();
+    assert!(tick.decisions.is_empty(), "bumped again: {tick:?}");
+    let tick = resumed()
+        .tick(
+            &policy,
+            now,
+            &one(&key, observation(Some(killed_at + secs(5)))),
+        )
+        .unwrap();
+    assert_eq!(tick.decisions[0].changes[0].reason, Reason::OomKilled);
+    // Nothing remembered: a kill more than a day old was handled long ago; a recent one,
+    // or one whose time is unknown, is new.
+    let old = Guardian::new()
+        .tick(&policy, now, &one(&key, observation(Some(secs(0)))))
+        .unwrap();
+    assert!(old.decisions.is_empty(), "{old:?}");
+    let recent = Guardian::new()
+        .tick(&policy, now, &one(&key, observation(Some(killed_at))))
+        .unwrap();
+    assert_eq!(recent.decisions[0].changes[0].reason, Reason::OomKilled);
+    let mut untimed = observation(Some(secs(0)));
+    untimed.last_oom_at = None;
+    let untimed = Guardian::new()
+        .tick(&policy, now, &one(&key, untimed))
+        .unwrap();
+    assert_eq!(untimed.decisions[0].changes[0].reason, Reason::OomKilled);
+}
+
+#[test]
 fn a_container_without_limit_is_reported_not_scaled() {
     let key = ContainerKey::new("p", "c");
     let observation = Observation {
