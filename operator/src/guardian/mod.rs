@@ -18,7 +18,9 @@
 //! 4. an out-of-memory kill bumps memory at once (VPA's rule: max(factor × limit, limit +
 //!    min)), regardless of events and cooldown; for [`OOM_MEMORY`] afterwards, memory
 //!    scale-downs of that workload's container stop at the killed limit ÷ `upper`
-//!    ([`rescale::oom_floor`]), in its recreated pods too;
+//!    ([`rescale::oom_floor`]), in its recreated pods too. The controller keeps these
+//!    kills in the policy's status and hands them back after a restart
+//!    ([`Guardian::remember_oom`]), so a kill already handled is not bumped again;
 //! 5. at most one resize per container per `cooldown`; a resize clears that resource's
 //!    events (Serverless Containers' `events_to_remove`);
 //! 6. requests follow limits at their original ratio, so the QoS class never changes;
