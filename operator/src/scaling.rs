@@ -1,6 +1,6 @@
 //! The ScalingPolicy controller: every `interval`, per policy, read the targeted pods and
 //! their usage from Prometheus, let the [`Guardian`] decide, carry the decisions out through
-//! `pods/resize` (the [`scaler`](crate::scaler)) and write what it saw and did into the
+//! `pods/resize` (the [`scaler`]) and write what it saw and did into the
 //! policy's status.
 //!
 //! Failure handling follows the policy's contract: Prometheus unreachable or a bad query →
