@@ -247,6 +247,9 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
     let spec = &policy.spec;
     let interval = spec.interval.get().max(Duration::from_millis(500));
     let now_time = Time(jiff::Timestamp::now());
+    // Read together with the wall time, so that the kills' wall times in the status
+    // (`scaling_clock`) are the same at every tick.
+    let clock = scaling_clock::guardian_clock(context.started);
     let generation = policy.metadata.generation;
     let previous = policy.status.clone().unwrap_or_default();
     // Between two ticks the containers' entries stay as the last tick wrote them.
@@ -277,7 +280,6 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
     let (due, next_tick, new_pods) = {
         let mut states = context.policies.lock().unwrap_or_else(|p| p.into_inner());
         let uid = policy.uid().unwrap_or_default();
-        let clock = scaling_clock::guardian_clock(context.started);
         let state = states
             .entry(key.clone())
             .or_insert_with(|| PolicyState::resumed(uid.clone(), &previous, &now_time, clock));
@@ -402,7 +404,6 @@ async fn reconcile(policy: Arc<ScalingPolicy>, context: Arc<Context>) -> Result<
             }
         })
         .collect();
-    let clock = scaling_clock::guardian_clock(context.started);
     let mut observations = observations;
     scaling_clock::time_oom_kills(observations.values_mut(), now_time.0, clock);
     let tick = {

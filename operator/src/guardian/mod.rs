@@ -102,9 +102,9 @@ pub struct Observation {
 pub const OOM_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How much later than a remembered kill another may be and still be that kill: the
-/// status keeps whole seconds (`metav1.Time`), and the wall-clock conversions of two
-/// operator processes differ by milliseconds.
-const KILL_TIME_SLACK: Duration = Duration::from_secs(1);
+/// status keeps whole seconds (`metav1.Time`, so up to 1 s is cut off), and the wall-clock
+/// conversions of two operator processes differ by a little more.
+const KILL_TIME_SLACK: Duration = Duration::from_secs(2);
 
 /// Why a resize was decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
