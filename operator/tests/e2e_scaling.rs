@@ -198,16 +198,10 @@ spec:
         "{}",
         sp["status"]
     );
-    let events = cluster.kubectl(&["get", "events.events.k8s.io", "-n", NS, "-o", "json"]);
-    let events: Value = serde_json::from_str(&events).unwrap();
     assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["reason"] == "Resized"
-                && e["note"].as_str().is_some_and(|n| n.contains("500m→1250m"))),
-        "no Resized event: {events}"
+        event_noting(&cluster, "Resized", &["500m→1250m"]).is_some(),
+        "no Resized event: {:?}",
+        events_with_reason(&cluster, "Resized")
     );
     // The action is counted on /metrics under the names dashboards/scaling.json queries.
     let (code, metrics) = operator.http_get("/metrics");

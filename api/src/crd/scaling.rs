@@ -741,7 +741,7 @@ pub struct ScalingPolicyStatus {
     /// workload that appears later (a replica added, a pod recreated) is resized to it in
     /// place at once, without waiting for events (with `mode: Off` it is only recorded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "workload_sizes_schema")]
+    #[schemars(schema_with = "per_workload_container_schema::<WorkloadSize>")]
     pub sizes: Vec<WorkloadSize>,
     /// `mode: InPlaceOrRecreate` only: sizes that could not be applied in place (the kubelet
     /// answered `Infeasible`, or a memory decrease the container's `resizePolicy` forbids in
@@ -751,14 +751,14 @@ pub struct ScalingPolicyStatus {
     /// manages). Selector targets have no template the operator owns: there the fallback is
     /// only reported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "workload_sizes_schema")]
+    #[schemars(schema_with = "per_workload_container_schema::<WorkloadSize>")]
     pub template_recommendations: Vec<WorkloadSize>,
     /// Out-of-memory kills of the last 24 hours, per workload and container: until 24 hours
     /// after the last one, memory scale-downs stop at `limit` / `upper`. Kept here so that a
     /// restarted operator (or a new leader) neither forgets them nor bumps memory again for
     /// a kill already handled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "oom_kills_schema")]
+    #[schemars(schema_with = "per_workload_container_schema::<OomKill>")]
     pub oom_kills: Vec<OomKill>,
 }
 
@@ -917,18 +917,10 @@ fn service_names_schema(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-fn workload_sizes_schema(generator: &mut SchemaGenerator) -> Schema {
-    let item = generator.subschema_for::<WorkloadSize>();
-    json_schema!({
-        "type": "array",
-        "items": item,
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["workload", "container"]
-    })
-}
-
-fn oom_kills_schema(generator: &mut SchemaGenerator) -> Schema {
-    let item = generator.subschema_for::<OomKill>();
+/// A list of `T`, one per workload and container (a map list, so server-side apply and
+/// strategic merges key it by both).
+fn per_workload_container_schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    let item = generator.subschema_for::<T>();
     json_schema!({
         "type": "array",
         "items": item,
